@@ -1,0 +1,1 @@
+"""Running nodes built from their declarations, one module per kind."""

@@ -1,0 +1,191 @@
+"""The Storage SCP every receiving node runs: PACS, viewer and router ingress."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.datadict import tag_for_keyword
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+
+from simulator.nodes.association import AssociationTrace
+from simulator.nodes.runtime import NodeServices, add_scp_contexts, configure_ae
+from simulator.recording.failures import Failure, FailureKind, Side, status_category
+from simulator.topology.model import NodeBase
+
+STATUS_SUCCESS = 0x0000
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+
+@dataclass(frozen=True)
+class Received:
+    """One instance an SCP has written to disk, with who sent it."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae: str
+    called_ae: str
+    assoc_id: str
+    link: str | None
+
+
+StoredCallback = Callable[[Received], None]
+
+
+class StorageSCP:
+    """A pynetdicom Storage SCP built from a declaration, storing to ``store_dir``."""
+
+    def __init__(self, declaration: NodeBase, services: NodeServices, store_dir: Path,
+                 on_stored: StoredCallback | None = None,
+                 required_keywords: tuple[str, ...] = ()) -> None:
+        self.declaration = declaration
+        self.services = services
+        self.store_dir = store_dir
+        self.on_stored = on_stored
+        self.required_keywords = required_keywords
+        self.port: int | None = None
+        self._server: Any = None
+        self._traces: weakref.WeakKeyDictionary[Association, AssociationTrace] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def start(self, port: int) -> int:
+        """Listen on 127.0.0.1 (or the declared host) and return the bound port."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        ae = AE(ae_title=self.declaration.ae_title)
+        configure_ae(ae, self.declaration)
+        add_scp_contexts(ae, self.declaration)
+        handlers = [(event_type, self._dispatch(name)) for event_type, name in _TRACE_EVENTS]
+        handlers.append((evt.EVT_C_STORE, self._on_c_store))
+        handlers.append((evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS))
+        self._server = ae.start_server(
+            (self.declaration.host, port), block=False, evt_handlers=handlers
+        )
+        self.port = self._server.server_address[1]
+
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def trace(self, assoc: Association) -> AssociationTrace:
+        with self._lock:
+            trace = self._traces.get(assoc)
+            if trace is None:
+                trace = AssociationTrace(
+                    assoc_id=self.services.next_assoc_id(self.declaration.name),
+                    node=self.declaration.name, link=None, role="acceptor",
+                    recorder=self.services.recorder, registry=self.services.registry,
+                )
+                self._traces[assoc] = trace
+            return trace
+
+    def _dispatch(self, method: str) -> Callable[[Any], None]:
+        def handler(event: Any) -> None:
+            getattr(self.trace(event.assoc), method)(event)
+            if method == "_on_aborted":
+                self._check_network_timeout(event)
+
+        return handler
+
+    def _check_network_timeout(self, event: Any) -> None:
+        trace = self.trace(event.assoc)
+        if trace.abort_sent is None or not event.assoc.dul.idle_timer_expired():
+            return
+        network_s = self.declaration.timeouts.network_s
+        trace.emit("timeout", timeout_kind="network", timed_out_side="acceptor",
+                   timeout_s=network_s, node=self.declaration.name)
+        failure = Failure(
+            FailureKind.NETWORK_TIMEOUT, trace.link, Side.REQUESTOR, False,
+            f"{self.declaration.name} aborted the association after {network_s} s "
+            "without a PDU (its network timeout)",
+            {"timeout_s": network_s, "timed_out_side": "acceptor", "node": self.declaration.name},
+        )
+        self.services.registry.note_peer_failure(trace.assoc_id, failure)
+
+    def _on_c_store(self, event: Any) -> Dataset | int:
+        trace = self.trace(event.assoc)
+        request = event.request
+        sop_instance_uid = str(request.AffectedSOPInstanceUID)
+        temp_path = Path(event.dataset_path)
+        size = temp_path.stat().st_size
+        status, detail = self._validate(temp_path)
+        fields: dict[str, Any] = {
+            "command": "C-STORE-RQ", "sop_class": str(request.AffectedSOPClassUID),
+            "sop_instance_uid": sop_instance_uid, "transfer_syntax": event.context.transfer_syntax,
+            "size_bytes": size, "calling_ae": event.assoc.requestor.ae_title,
+        }
+        trace.emit("dimse.received", **fields)
+        if status == STATUS_SUCCESS:
+            final = self.store_dir / f"{sop_instance_uid}.dcm"
+            shutil.move(str(temp_path), final)
+            trace.emit("instance.stored", sop_instance_uid=sop_instance_uid, path=str(final),
+                       size_bytes=size)
+            if self.on_stored is not None:
+                self.on_stored(Received(
+                    path=final, sop_class_uid=fields["sop_class"],
+                    sop_instance_uid=sop_instance_uid,
+                    transfer_syntax_uid=str(event.context.transfer_syntax),
+                    calling_ae=event.assoc.requestor.ae_title,
+                    called_ae=event.assoc.acceptor.ae_title,
+                    assoc_id=trace.assoc_id, link=trace.link,
+                ))
+        response = Dataset()
+        response.Status = status
+        if "error_comment" in detail:
+            response.ErrorComment = detail["error_comment"]
+        if "offending_element" in detail:
+            response.OffendingElement = detail["offending_element_tags"]
+        trace.emit("dimse.sent", command="C-STORE-RSP", sop_instance_uid=sop_instance_uid,
+                   status=f"0x{status:04X}", status_category=status_category(status),
+                   **{k: v for k, v in detail.items() if k != "offending_element_tags"})
+
+        return response
+
+    def _validate(self, path: Path) -> tuple[int, dict[str, Any]]:
+        """Check the attributes this node requires, as a validating archive does."""
+        if not self.required_keywords:
+            return STATUS_SUCCESS, {}
+        try:
+            dataset = dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - any decode error is the peer's data
+            return STATUS_CANNOT_UNDERSTAND, {"error_comment": f"cannot decode: {exc}"[:64]}
+        missing = [kw for kw in self.required_keywords
+                   if kw not in dataset or dataset.data_element(kw).is_empty]
+        if not missing:
+            return STATUS_SUCCESS, {}
+        tags = [tag_for_keyword(kw) for kw in missing]
+
+        return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, {
+            "error_comment": f"Missing {', '.join(missing)}"[:64],
+            "offending_element": [f"({t >> 16:04X},{t & 0xFFFF:04X})" for t in tags if t],
+            "offending_element_tags": [t for t in tags if t],
+        }
+
+
+_TRACE_EVENTS = [
+    (evt.EVT_CONN_OPEN, "_on_conn_open"),
+    (evt.EVT_CONN_CLOSE, "_on_conn_close"),
+    (evt.EVT_PDU_RECV, "_on_pdu_recv"),
+    (evt.EVT_PDU_SENT, "_on_pdu_sent"),
+    (evt.EVT_ACSE_RECV, "_on_acse_recv"),
+    (evt.EVT_ACCEPTED, "_on_accepted"),
+    (evt.EVT_REJECTED, "_on_rejected"),
+    (evt.EVT_ABORTED, "_on_aborted"),
+    (evt.EVT_RELEASED, "_on_released"),
+]

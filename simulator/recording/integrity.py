@@ -1,0 +1,150 @@
+"""Compare what a destination stored with what the source sent.
+
+The comparison is attribute by attribute, outside the File Meta group:
+values that changed, attributes added or removed, private creators, and a
+hash of the pixel data. Changes that a router on the route declares
+(coercions, its private tag policy, transcoding) are *explained*; any other
+change makes the delivery not intact, even when every status was success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+
+PIXEL_DATA = BaseTag(0x7FE00010)
+MAX_PIXEL_COMPARE_BYTES = 256 * 1024 * 1024
+"""Larger pixel data is not hashed, to keep memory bounded; the report says so."""
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Changes the route declares, so they are not integrity violations."""
+
+    tags: frozenset[str] = frozenset()
+    private_dropped: bool = False
+    private_creators_kept: frozenset[str] | None = None
+    transcode: bool = False
+
+
+@dataclass
+class Comparison:
+    changed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    private_creators_lost: list[str] = field(default_factory=list)
+    pixel_data: str = "not-present"
+    transfer_syntax_changed: bool = False
+    character_set: dict[str, Any] = field(default_factory=dict)
+    unexplained: list[str] = field(default_factory=list)
+
+    def as_record(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in ([], {}, False)}
+
+
+def _tag_text(tag: BaseTag) -> str:
+    return f"({tag.group:04X},{tag.element:04X})"
+
+
+def _label(element: Any) -> str:
+    keyword = element.keyword or "private" if element.tag.is_private else element.keyword
+    return f"{_tag_text(element.tag)} {keyword}".strip()
+
+
+def _pixel_hash(dataset: Dataset, path: Path) -> str | None:
+    if PIXEL_DATA not in dataset:
+        return None
+    if path.stat().st_size > MAX_PIXEL_COMPARE_BYTES:
+        return "too-large"
+    value = dataset[PIXEL_DATA].value
+
+    return hashlib.sha256(value if isinstance(value, bytes) else bytes(value)).hexdigest()
+
+
+def _decoded_hash(dataset: Dataset) -> str | None:
+    try:
+        return hashlib.sha256(dataset.pixel_array.tobytes()).hexdigest()
+    except Exception:  # noqa: BLE001 - no codec for this transfer syntax here
+        return None
+
+
+def compare(source: Path, stored: Path, explained: Explained) -> Comparison:
+    """Compare two files of one instance; fill ``unexplained`` with what the route does not declare."""
+    a = dcmread(source)
+    b = dcmread(stored)
+    result = Comparison()
+    ts_a = str(a.file_meta.get("TransferSyntaxUID", ""))
+    ts_b = str(b.file_meta.get("TransferSyntaxUID", ""))
+    result.transfer_syntax_changed = ts_a != ts_b
+    tags_a = {e.tag for e in a if e.tag != PIXEL_DATA}
+    tags_b = {e.tag for e in b if e.tag != PIXEL_DATA}
+    for tag in sorted(tags_a & tags_b):
+        if a[tag].value != b[tag].value:
+            result.changed.append(_label(a[tag]))
+    result.removed = [_label(a[t]) for t in sorted(tags_a - tags_b)]
+    result.added = [_label(b[t]) for t in sorted(tags_b - tags_a)]
+    creators_a = {str(e.value).strip() for e in a if e.tag.is_private_creator}
+    creators_b = {str(e.value).strip() for e in b if e.tag.is_private_creator}
+    result.private_creators_lost = sorted(creators_a - creators_b)
+    result.pixel_data = _compare_pixels(a, b, source, stored, result.transfer_syntax_changed)
+    if "SpecificCharacterSet" in a or "SpecificCharacterSet" in b:
+        result.character_set = {
+            "source": a.get("SpecificCharacterSet"),
+            "stored": b.get("SpecificCharacterSet"),
+            "patient_name_equal": str(a.get("PatientName", "")) == str(b.get("PatientName", "")),
+        }
+    result.unexplained = _unexplained(result, explained)
+
+    return result
+
+
+def _compare_pixels(a: Dataset, b: Dataset, source: Path, stored: Path, ts_changed: bool) -> str:
+    hash_a, hash_b = _pixel_hash(a, source), _pixel_hash(b, stored)
+    if hash_a is None and hash_b is None:
+        return "not-present"
+    if hash_a is None or hash_b is None:
+        return "missing" if hash_b is None else "added"
+    if "too-large" in (hash_a, hash_b):
+        return "not-compared (too large)"
+    if hash_a == hash_b:
+        return "identical"
+    if not ts_changed:
+        return "different"
+    decoded_a, decoded_b = _decoded_hash(a), _decoded_hash(b)
+    if decoded_a is None or decoded_b is None:
+        return "not-compared (no codec)"
+
+    return "identical-decoded" if decoded_a == decoded_b else "different"
+
+
+def _unexplained(result: Comparison, explained: Explained) -> list[str]:
+    problems = []
+    for label in result.changed + result.added + result.removed:
+        tag = label.split(" ")[0]
+        is_private = int(tag[1:5], 16) % 2 == 1
+        if tag in explained.tags:
+            continue
+        if is_private and (explained.private_dropped or explained.private_creators_kept is not None):
+            continue
+        problems.append(label)
+    lost = result.private_creators_lost
+    if explained.private_creators_kept is not None:
+        lost = [c for c in lost if c in explained.private_creators_kept]
+    elif explained.private_dropped:
+        lost = []
+    problems += [f"private creator {c} lost" for c in lost]
+    if result.pixel_data in ("different", "missing"):
+        problems.append(f"pixel data {result.pixel_data}")
+    if result.transfer_syntax_changed and not explained.transcode:
+        problems.append("transfer syntax changed")
+    if result.character_set and not result.character_set["patient_name_equal"] and \
+            "(0010,0010)" not in explained.tags:
+        problems.append("decoded patient name differs")
+
+    return problems

@@ -1,0 +1,424 @@
+"""The topology: nodes with their declared conformance, and the links between them.
+
+A node's behaviour follows only from its declaration, as a real product's
+follows from its configuration: a PACS accepts exactly the (SOP class,
+transfer syntax) pairs it declares, checks AE titles when told to, and
+rejects the association past ``max_associations``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from simulator.conformance.names import (
+    UnknownNameError,
+    resolve_sop_class,
+    resolve_transfer_syntax,
+)
+
+DEFAULT_TRANSFER_SYNTAXES = ("ExplicitVRLittleEndian", "ImplicitVRLittleEndian")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.5 AE VR: 16 characters at most, no backslash or control characters,
+    # leading and trailing spaces not significant.
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("an AE title cannot be empty or only spaces")
+    if len(value) > 16:
+        raise ValueError(f"AE title {value!r} is {len(value)} characters long; the maximum is 16")
+    if "\\" in value or any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+        raise ValueError(
+            f"AE title {value!r} has a backslash or a non-printable or non-ASCII character"
+        )
+
+    return stripped
+
+
+
+
+class Role(StrEnum):
+    SCU = "scu"
+    SCP = "scp"
+
+
+class NodeKind(StrEnum):
+    MODALITY = "modality"
+    ROUTER = "router"
+    PACS = "pacs"
+    VIEWER = "viewer"
+    EXTERNAL = "external"
+
+
+class Timeouts(_Strict):
+    """Timeouts in seconds, as pynetdicom names them; null means wait forever."""
+
+    acse_s: float | None = Field(30.0, ge=0, description="Waiting for A-ASSOCIATE/A-RELEASE responses.")
+    dimse_s: float | None = Field(30.0, ge=0, description="Waiting for a DIMSE message.")
+    network_s: float | None = Field(
+        60.0, ge=0, description="Idle time on an association before it is aborted."
+    )
+    connection_s: float | None = Field(10.0, ge=0, description="TCP connect.")
+
+
+class SopClassSupport(_Strict):
+    """One SOP class with the transfer syntaxes and roles declared for it."""
+
+    sop_class: str
+    transfer_syntaxes: tuple[str, ...] | None = Field(
+        None, description="Overrides the node's transfer_syntaxes for this SOP class."
+    )
+    roles: tuple[Role, ...] = Field(
+        (Role.SCU, Role.SCP), description="Roles the node can take for this SOP class."
+    )
+
+    @field_validator("sop_class")
+    @classmethod
+    def _resolve_sop_class(cls, value: str) -> str:
+        try:
+            return resolve_sop_class(value)
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _resolve_transfer_syntaxes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        return _resolve_transfer_syntax_list(value)
+
+
+def _resolve_transfer_syntax_list(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise ValueError("at least one transfer syntax is needed")
+    resolved = []
+    for item in value:
+        try:
+            resolved.append(resolve_transfer_syntax(item))
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from exc
+
+    return tuple(dict.fromkeys(resolved))
+
+
+def _sop_class_entry(item: Any) -> Any:
+    # A bare string is shorthand for {sop_class: NAME}.
+    if isinstance(item, str):
+        return {"sop_class": item}
+    return item
+
+
+class RetryPolicy(_Strict):
+    """How a router retries a transient failure; a permanent one is never retried."""
+
+    max_attempts: int = Field(3, ge=1, description="Attempts in all, the first one included.")
+    initial_backoff_s: float = Field(0.5, ge=0)
+    multiplier: float = Field(2.0, ge=1)
+    max_backoff_s: float = Field(30.0, ge=0)
+
+
+class Coercion(_Strict):
+    """Attribute changes a router applies before forwarding.
+
+    ``set`` maps a keyword or tag ``(gggg,eeee)`` to a value. ``remove`` lists
+    keywords, tags, or ``private:CREATOR`` to drop a whole private block.
+    """
+
+    set: dict[str, Any] = Field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+
+
+class Rule(_Strict):
+    """One routing rule: what it matches, where it forwards, what it changes.
+
+    ``match`` keys are ``calling_ae``, ``called_ae``, ``sop_class`` or any
+    attribute keyword or tag; a value is a string (shell-style wildcards
+    allowed) or a list of strings, any of which may match.
+    """
+
+    name: str
+    match: dict[str, str | list[str]] = Field(default_factory=dict)
+    forward: tuple[str, ...] = Field(..., min_length=1)
+    coerce: Coercion = Field(default_factory=Coercion)
+    stop: bool = Field(False, description="Evaluate no further rules after this one matches.")
+
+
+PrivateTagPolicy = Literal["keep", "drop"] | tuple[str, ...]
+
+
+class NodeBase(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: NodeKind
+    ae_title: str
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    max_pdu: int = Field(
+        16382, ge=0, description="Maximum PDU length it receives, in bytes; 0 means unlimited."
+    )
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_associations: int = Field(10, ge=1)
+    accept_calling_ae: tuple[str, ...] | None = Field(
+        None, description="Calling AE titles accepted; null accepts any."
+    )
+    check_called_ae: bool = True
+    transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES
+    sop_classes: tuple[SopClassSupport, ...] = ()
+
+    @field_validator("ae_title")
+    @classmethod
+    def _validate_ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("accept_calling_ae")
+    @classmethod
+    def _validate_calling_titles(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        return tuple(_check_ae_title(v) for v in value)
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _resolve_default_transfer_syntaxes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _resolve_transfer_syntax_list(value)
+
+    @field_validator("sop_classes", mode="before")
+    @classmethod
+    def _expand_sop_class_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [_sop_class_entry(item) for item in value]
+        return value
+
+    @field_validator("sop_classes")
+    @classmethod
+    def _unique_sop_classes(cls, value: tuple[SopClassSupport, ...]) -> tuple[SopClassSupport, ...]:
+        seen: set[str] = set()
+        for entry in value:
+            if entry.sop_class in seen:
+                raise ValueError(f"SOP class {entry.sop_class} is declared twice")
+            seen.add(entry.sop_class)
+        return value
+
+    def transfer_syntaxes_for(self, sop_class_uid: str) -> tuple[str, ...]:
+        """Return the transfer syntaxes declared for a SOP class (empty if unsupported)."""
+        for entry in self.sop_classes:
+            if entry.sop_class == sop_class_uid:
+                return entry.transfer_syntaxes or self.transfer_syntaxes
+        return ()
+
+    def supports(self, sop_class_uid: str, role: Role) -> bool:
+        return any(e.sop_class == sop_class_uid and role in e.roles for e in self.sop_classes)
+
+
+class ModalityNode(NodeBase):
+    kind: Literal[NodeKind.MODALITY]
+    send_to: str | None = Field(
+        None, description="Destination node; defaults to the only node a link leads to."
+    )
+
+
+class RouterNode(NodeBase):
+    kind: Literal[NodeKind.ROUTER]
+    rules: tuple[Rule, ...] = ()
+    rule_sets: dict[str, tuple[Rule, ...]] = Field(
+        default_factory=dict, description="Named rule sets a scenario can switch between."
+    )
+    active_rule_set: str | None = Field(
+        None, description="Rule set used at start; null uses `rules`."
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    private_tags: PrivateTagPolicy = Field(
+        "keep", description="What the router does with private tags: keep, drop, or keep only these creators."
+    )
+    transcode: bool = Field(
+        False,
+        description="Converts between uncompressed transfer syntaxes when the destination lacks the source's.",
+    )
+    max_instances_per_association: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _check_rule_sets(self) -> RouterNode:
+        if self.active_rule_set is not None and self.active_rule_set not in self.rule_sets:
+            raise ValueError(
+                f"active_rule_set {self.active_rule_set!r} is not one of the rule_sets "
+                f"({', '.join(sorted(self.rule_sets)) or 'none declared'})"
+            )
+        return self
+
+    def rule_set(self, name: str | None) -> tuple[Rule, ...]:
+        if name is None:
+            return self.rules
+        return self.rule_sets[name]
+
+    def located_rules(self) -> list[tuple[tuple[str | int, ...], Rule]]:
+        """Return every rule of every rule set with its location in the file."""
+        located: list[tuple[tuple[str | int, ...], Rule]] = [
+            (("rules", i), rule) for i, rule in enumerate(self.rules)
+        ]
+        for set_name, rule_set in self.rule_sets.items():
+            located += [(("rule_sets", set_name, i), rule) for i, rule in enumerate(rule_set)]
+        return located
+
+
+class StorageNode(NodeBase):
+    """A PACS or viewer: a Storage SCP that keeps what it receives on disk."""
+
+    kind: Literal[NodeKind.PACS, NodeKind.VIEWER]
+    require_attributes: tuple[str, ...] = Field(
+        (),
+        description="Keywords that must be present and non-empty; a missing one "
+        "gets status 0xA900 (dataset does not match SOP class), as validating archives answer.",
+    )
+
+
+class ExternalNode(NodeBase):
+    """A real system the simulator does not start: an address and what it declares."""
+
+    kind: Literal[NodeKind.EXTERNAL]
+    port: int = Field(..., ge=1, le=65535)
+
+
+Node = Annotated[
+    ModalityNode | RouterNode | StorageNode | ExternalNode, Field(discriminator="kind")
+]
+
+
+class Link(_Strict):
+    """A connection path from one node to another, always through a simulator proxy."""
+
+    from_node: str = Field(..., alias="from")
+    to_node: str = Field(..., alias="to")
+    name: str | None = None
+    listen_port: int | None = Field(None, ge=1, le=65535)
+    called_ae: str | None = Field(
+        None, description="AE title the sender calls; defaults to the receiver's own AE title."
+    )
+
+    @field_validator("called_ae")
+    @classmethod
+    def _validate_called_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def link_name(self) -> str:
+        return self.name or f"{self.from_node}->{self.to_node}"
+
+
+class Topology(_Strict):
+    """One site: its nodes by name and the links between them."""
+
+    site: str
+    description: str = ""
+    nodes: dict[str, Node]
+    links: tuple[Link, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_nodes(cls, data: Any) -> Any:
+        # Nodes are a mapping by name; the name is copied into each node.
+        if isinstance(data, dict) and isinstance(data.get("nodes"), dict):
+            nodes = {}
+            for name, node in data["nodes"].items():
+                if isinstance(node, dict):
+                    node = {"name": name, **node}
+                nodes[name] = node
+            data = {**data, "nodes": nodes}
+        return data
+
+    def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Return problems between nodes and links as (location, message) pairs.
+
+        These checks need the whole file, so they run after every node and
+        link has validated on its own; the loader turns locations into lines.
+        """
+        return self._check_links() + self._check_ports() + self._check_routes()
+
+    def _check_links(self) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        seen: set[str] = set()
+        for index, link in enumerate(self.links):
+            for field, end in (("from", link.from_node), ("to", link.to_node)):
+                if end not in self.nodes:
+                    problems.append((
+                        ("links", index, field),
+                        f"link {link.link_name} names node {end!r}, which does not exist "
+                        f"(nodes: {', '.join(sorted(self.nodes))})",
+                    ))
+            if link.link_name in seen:
+                problems.append((("links", index), f"link {link.link_name} is declared twice"))
+            seen.add(link.link_name)
+            target = self.nodes.get(link.to_node)
+            if target is not None and target.kind == NodeKind.MODALITY:
+                problems.append((
+                    ("links", index, "to"),
+                    f"link {link.link_name} leads to modality {link.to_node!r}, which "
+                    "accepts no associations in this simulator",
+                ))
+        return problems
+
+    def _check_ports(self) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        used: dict[int, str] = {}
+        owners: list[tuple[int, str, tuple[str | int, ...]]] = [
+            (n.port, f"node {n.name}", ("nodes", n.name, "port"))
+            for n in self.nodes.values()
+            if n.port is not None and n.kind != NodeKind.EXTERNAL
+        ]
+        owners += [
+            (lk.listen_port, f"link {lk.link_name}", ("links", i, "listen_port"))
+            for i, lk in enumerate(self.links)
+            if lk.listen_port is not None
+        ]
+        for port, owner, loc in owners:
+            if port in used:
+                problems.append((loc, f"{owner} and {used[port]} both use port {port}"))
+            used[port] = owner
+        return problems
+
+    def _check_routes(self) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for node in self.nodes.values():
+            targets = self.link_targets(node.name)
+            if isinstance(node, ModalityNode):
+                if node.send_to is not None and node.send_to not in targets:
+                    problems.append((
+                        ("nodes", node.name, "send_to"),
+                        f"modality {node.name} sends to {node.send_to!r}, but no link "
+                        f"goes from {node.name} to {node.send_to!r}",
+                    ))
+                elif node.send_to is None and len(targets) != 1:
+                    problems.append((
+                        ("nodes", node.name),
+                        f"modality {node.name} has {len(targets)} outgoing links; set "
+                        "send_to to choose its destination",
+                    ))
+            if isinstance(node, RouterNode):
+                for loc, rule in node.located_rules():
+                    for dest in rule.forward:
+                        if dest not in targets:
+                            problems.append((
+                                ("nodes", node.name, *loc, "forward"),
+                                f"router {node.name} rule {rule.name!r} forwards to "
+                                f"{dest!r}, but no link goes from {node.name} to {dest!r}",
+                            ))
+        return problems
+
+    def link_targets(self, node_name: str) -> list[str]:
+        return [lk.to_node for lk in self.links if lk.from_node == node_name]
+
+    def link_between(self, from_node: str, to_node: str) -> Link:
+        for link in self.links:
+            if link.from_node == from_node and link.to_node == to_node:
+                return link
+        raise KeyError(f"no link from {from_node} to {to_node}")
+
+    def destination_of(self, modality: ModalityNode) -> str:
+        return modality.send_to or self.link_targets(modality.name)[0]
