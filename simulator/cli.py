@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 EXIT_OK = 0
 EXIT_EXPECTATION_FAILED = 1

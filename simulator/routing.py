@@ -6,6 +6,7 @@ expected deliveries for the ledger with the same code the router runs.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.tag import BaseTag, Tag
 
 from simulator.topology.model import Coercion, Rule
@@ -34,29 +35,94 @@ def parse_tag(text: str) -> BaseTag:
     return Tag(tag)
 
 
-def check_rule_keys(rule: Rule) -> list[str]:
-    """Return a message for every match key, set key or remove entry that is not valid."""
-    problems = []
-    for key in rule.match:
-        if key not in _ROUTING_KEYS:
-            try:
-                parse_tag(key)
-            except ValueError as exc:
-                problems.append(f"match: {exc}")
-    for key in rule.coerce.set:
-        try:
-            parse_tag(key)
-        except ValueError as exc:
-            problems.append(f"coerce.set: {exc}")
-    for entry in rule.coerce.remove:
-        if entry.startswith("private:"):
+_TAG_HALF = re.compile(r"^(\(\s*[0-9A-Fa-f]{4}|[0-9A-Fa-f]{4}\s*\))$")
+
+
+def _key_problem(text: str, also: str = "") -> str | None:
+    """Return why ``text`` is not a keyword or tag, with a likely fix if there is one."""
+    try:
+        parse_tag(text)
+    except ValueError as exc:
+        if _TAG_HALF.match(text):
+            # In [a, b] and {a: b}, YAML splits an unquoted (gggg,eeee) at its comma.
+            hint = ("; it looks like half a tag: quote tags inside [...] or {...}, "
+                    "as in '(0010,0020)'")
+        else:
+            close = difflib.get_close_matches(text, list(keyword_dict), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+        return f"{exc}{also}{hint}"
+    return None
+
+
+def _set_key_problem(text: str) -> str | None:
+    problem = _key_problem(text)
+    if problem is not None:
+        return problem
+    try:
+        # apply_coercion adds a missing element with its dictionary VR.
+        dictionary_VR(parse_tag(text))
+    except KeyError:
+        return (f"{text!r} is not in the DICOM dictionary, so the router cannot tell the VR "
+                "to add it with; use a keyword or a standard tag")
+    return None
+
+
+def _sop_class_value_problems(
+    expected: str | list[str],
+) -> list[tuple[tuple[str | int, ...], str]]:
+    # A name without wildcards that is no SOP class would never match, so it is reported.
+    from simulator.conformance.names import UnknownNameError, resolve_sop_class
+
+    located = [((), expected)] if isinstance(expected, str) else [
+        ((index,), value) for index, value in enumerate(expected)
+    ]
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for where, value in located:
+        if any(c in value for c in "*?["):
             continue
         try:
-            parse_tag(entry)
-        except ValueError as exc:
-            problems.append(f"coerce.remove: {exc}")
-
+            resolve_sop_class(value)
+        except UnknownNameError as exc:
+            problems.append((("match", "sop_class", *where), str(exc)))
     return problems
+
+
+def _remove_entry_problem(entry: str) -> str | None:
+    if not entry.startswith("private:"):
+        return _key_problem(entry, ", nor private:CREATOR")
+    if not entry.removeprefix("private:").strip():
+        return "'private:' needs the private creator, as in private:ACME 1.0"
+    return None
+
+
+def rule_key_problems(rule: Rule) -> list[tuple[tuple[str | int, ...], str]]:
+    """Return (location in the rule, message) for each invalid match, set or remove key.
+
+    A ``sop_class`` match value without wildcards must also name a SOP class.
+    """
+    problems: list[tuple[tuple[str | int, ...], str | None]] = []
+    routing_keys = f", nor one of {', '.join(sorted(_ROUTING_KEYS))}"
+    for key, expected in rule.match.items():
+        if key == "sop_class":
+            problems += _sop_class_value_problems(expected)
+        elif key not in _ROUTING_KEYS:
+            problems.append((("match", key), _key_problem(key, routing_keys)))
+    for key in rule.coerce.set:
+        problems.append((("coerce", "set", key), _set_key_problem(key)))
+    for index, entry in enumerate(rule.coerce.remove):
+        problems.append((("coerce", "remove", index), _remove_entry_problem(entry)))
+
+    return [(location, message) for location, message in problems if message is not None]
+
+
+def check_rule_keys(rule: Rule) -> list[str]:
+    """Return a message for every match key, set key or remove entry that is not valid."""
+    messages = []
+    for location, message in rule_key_problems(rule):
+        section = "match" if location[0] == "match" else f"coerce.{location[1]}"
+        messages.append(f"{section}: {message}")
+
+    return messages
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 from pydicom import dcmread
 
 from simulator.corpus import Corpus, CorpusInstance, bundled_corpus, group_instances
-from simulator.corpus import materialize_repeat
+from simulator.corpus import MANIFEST_NAME, materialize_repeat
 from simulator.errors import RunError
 from simulator.links.proxy import LinkProxy
 from simulator.links.registry import AssociationRegistry
@@ -169,8 +169,9 @@ class Rehearsal:
     def _load_corpus(self) -> None:
         root = self._corpus_root()
         corpus = Corpus.load(root)
+        skipped = [{"file": f, "reason": r} for f, r in corpus.skipped if f != MANIFEST_NAME]
         self.recorder.emit("corpus.loaded", root=str(root), instances=len(corpus.instances),
-                           skipped=[{"file": f, "reason": r} for f, r in corpus.skipped])
+                           skipped=skipped)
         seen: set[str] = set()
         for sender in self.scenario.senders:
             selected = corpus.select(
@@ -181,7 +182,7 @@ class Rehearsal:
             groups: list[list[CorpusInstance]] = []
             name = sender.sender_name
             for repeat_index in range(self.scenario.repeat):
-                copy_index = sender.copy * self.scenario.repeat + repeat_index
+                copy_index = sender.copy_number * self.scenario.repeat + repeat_index
                 copies = materialize_repeat(
                     selected, copy_index, self.seed,
                     self.run_dir / "corpus-copies" / f"{name}-{copy_index}",
@@ -320,8 +321,8 @@ class Rehearsal:
                 while pending and self._step_due(pending[0][1]):
                     index, step = pending.pop(0)
                     self._run_step(index, step, group)
-                idle = self._idle()
-                if idle and not any(s.action == "start_sending" for _, s in pending):
+                waiting = any(s.action in ("start_sending", "hold") for _, s in pending)
+                if self._idle() and not waiting:
                     break
                 if time.monotonic() >= deadline:
                     self.recorder.emit("run.timeout", timeout_s=self.scenario.timeout_s)
@@ -358,6 +359,8 @@ class Rehearsal:
         if step.action == "cutover":
             assert step.router is not None and step.rule_set is not None
             self.site.routers[step.router].cutover(step.rule_set)
+            return
+        if step.action == "hold":
             return
         for sender in self.scenario.senders:
             if step.senders and sender.sender_name not in step.senders:

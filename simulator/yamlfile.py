@@ -98,16 +98,22 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def _unwrap(annotation: Any) -> Any:
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    return annotation
-
-
 def _union_members(annotation: Any) -> list[Any] | None:
     if get_origin(annotation) not in (Union, UnionType):
         return None
     return [m for m in get_args(annotation) if m is not type(None)]
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated and Optional, which add no part to a pydantic location."""
+    while True:
+        members = _union_members(annotation)
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif members is not None and len(members) == 1:
+            annotation = members[0]
+        else:
+            return annotation
 
 
 def _literal_values(annotation: Any) -> list[str]:
@@ -120,7 +126,8 @@ def _literal_values(annotation: Any) -> list[str]:
 def _discriminator_tags(members: list[Any], field: str) -> list[str]:
     tags: list[str] = []
     for member in members:
-        if isinstance(member, type) and issubclass(member, BaseModel) and field in member.model_fields:
+        is_model = isinstance(member, type) and issubclass(member, BaseModel)
+        if is_model and field in member.model_fields:
             tags += _literal_values(member.model_fields[field].annotation)
     return tags
 
@@ -169,20 +176,17 @@ def _resolve_location(model: type[BaseModel], raw: tuple[Any, ...]) -> tuple[Loc
     while parts:
         annotation = _unwrap(annotation)
         members = _union_members(annotation)
-        if members is not None and len(members) == 1:
-            annotation = members[0]
-        elif members is not None:
+        if members is not None:
             annotation = _union_member(members, parts.pop(0))
         else:
             part = parts.pop(0)
             cleaned.append(part)
             annotation = _child_type(annotation, part) if annotation is not None else None
 
-    return tuple(cleaned), annotation
+    return tuple(cleaned), _unwrap(annotation)
 
 
 def _allowed_fields(annotation: Any) -> list[str]:
-    annotation = _unwrap(annotation)
     if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
         return []
     return [field.alias or name for name, field in annotation.model_fields.items()]
@@ -203,10 +207,11 @@ def _message(model: type[BaseModel], error: Any, location: Location, annotation:
         allowed = _allowed_fields(parent)
         if not allowed:
             return f"unknown field {name!r}"
-        return f"unknown field {name!r}; allowed fields: {', '.join(allowed)}{_did_you_mean(name, allowed)}"
+        hint = _did_you_mean(name, allowed)
+        return f"unknown field {name!r}; allowed fields: {', '.join(allowed)}{hint}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         field = error["ctx"]["discriminator"].strip("'\"")
-        tags = _discriminator_tags(_union_members(_unwrap(annotation)) or [], field)
+        tags = _discriminator_tags(_union_members(annotation) or [], field)
         allowed = ", ".join(tags) or "see the JSON Schema"
         if kind == "union_tag_not_found":
             return f"missing {field}; give one of: {allowed}"
@@ -214,20 +219,41 @@ def _message(model: type[BaseModel], error: Any, location: Location, annotation:
         return f"unknown {field} {tag!r}; use one of: {allowed}{_did_you_mean(tag, tags)}"
     if kind in ("tuple_type", "list_type"):
         return "Input should be a list"
+    if kind == "too_short" and error["ctx"].get("field_type") in ("Tuple", "List"):
+        count = error["ctx"]["min_length"]
+        return f"List should have at least {count} item{'' if count == 1 else 's'}"
     if kind in ("model_attributes_type", "model_type", "dict_type"):
         return "Input should be a mapping of keys to values"
 
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-def _problems(model: type[BaseModel], exc: ValidationError, document: Any) -> list[str]:
-    # One union value that no member accepts gives one error per member, at
-    # the same location: they are joined into one problem.
-    merged: dict[Location, tuple[list[str], Any]] = {}
+def _located_errors(
+    model: type[BaseModel], exc: ValidationError
+) -> list[tuple[Location, Any, Any]]:
+    located = []
     for error in exc.errors(include_url=False):
         location, annotation = _resolve_location(model, tuple(error["loc"]))
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             location = (*location, error["ctx"]["discriminator"].strip("'\""))
+        located.append((location, annotation, error))
+    # pydantic 2 checks a tuple's min_length on the items that validated, so a
+    # tuple with one bad item is also reported too short. That echo is dropped.
+    return [
+        (location, annotation, error)
+        for location, annotation, error in located
+        if not (error["type"] == "too_short" and any(
+            other[: len(location)] == location and len(other) > len(location)
+            for other, _, _ in located
+        ))
+    ]
+
+
+def _problems(model: type[BaseModel], exc: ValidationError, document: Any) -> list[str]:
+    # A union value that no member accepts gives one error per member at the
+    # same location, so those errors are joined into one problem.
+    merged: dict[Location, tuple[list[str], Any]] = {}
+    for location, annotation, error in _located_errors(model, exc):
         message = _message(model, error, location, annotation)
         if location in merged:
             merged[location][0].append(message.removeprefix("Input should be "))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from simulator.links import AssociationRegistry, LinkProxy, Stage, StageContext
 from simulator.links.proxy import Forward
+from simulator.recording.failures import Failure, FailureKind, Side
 from simulator.recording.recorder import BoundRecorder, Recorder
 
 CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
@@ -46,7 +49,9 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def of_kind(events: list[dict[str, Any]], kind: str, **fields: Any) -> list[dict[str, Any]]:
-    return [e for e in events if e["kind"] == kind and all(e.get(k) == v for k, v in fields.items())]
+    return [
+        e for e in events if e["kind"] == kind and all(e.get(k) == v for k, v in fields.items())
+    ]
 
 
 async def wait_until(predicate: Callable[[], bool]) -> None:
@@ -63,6 +68,7 @@ class StorageSCP:
     port: int
     stored: list[tuple[str, str]] = field(default_factory=list)
     peer_assoc_ids: list[str | None] = field(default_factory=list)
+    peer_links: list[str | None] = field(default_factory=list)
     nodelay: list[int] = field(default_factory=list)
 
 
@@ -78,7 +84,9 @@ def registry() -> AssociationRegistry:
     return AssociationRegistry()
 
 
-def start_scp(registry: AssociationRegistry, require_called_aet: bool = False) -> tuple[Any, StorageSCP]:
+def start_scp(
+    registry: AssociationRegistry, require_called_aet: bool = False
+) -> tuple[Any, StorageSCP]:
     scp = StorageSCP(port=0)
 
     def on_conn_open(event: evt.Event) -> None:
@@ -87,7 +95,9 @@ def start_scp(registry: AssociationRegistry, require_called_aet: bool = False) -
         scp.nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     def on_requested(event: evt.Event) -> None:
-        scp.peer_assoc_ids.append(registry.lookup(event.assoc.requestor.port))
+        assoc_id = registry.lookup(event.assoc.requestor.port)
+        scp.peer_assoc_ids.append(assoc_id)
+        scp.peer_links.append(None if assoc_id is None else registry.link_of(assoc_id))
 
     def on_store(event: evt.Event) -> int:
         dataset = event.dataset
@@ -120,7 +130,9 @@ def storage_scp(registry: AssociationRegistry) -> Iterator[StorageSCP]:
 async def proxy(
     recorder: Recorder, registry: AssociationRegistry, storage_scp: StorageSCP
 ) -> AsyncIterator[LinkProxy]:
-    link = LinkProxy("ct-to-pacs", "127.0.0.1", storage_scp.port, BoundRecorder(recorder, {}), registry)
+    link = LinkProxy(
+        "ct-to-pacs", "127.0.0.1", storage_scp.port, BoundRecorder(recorder, {}), registry
+    )
     await link.start()
     yield link
     await link.stop()
@@ -202,6 +214,7 @@ class TestStore:
         assert sent.nodelay == 1
         assert storage_scp.nodelay == [1]
         assert storage_scp.peer_assoc_ids == ["modality#1"]
+        assert storage_scp.peer_links == ["ct-to-pacs"]
         assert len(of_kind(events, "link.connection_opened")) == 1
         opened = of_kind(events, "link.connection_opened")[0]
         assert opened["client_port"] == sent.registered_port
@@ -302,7 +315,9 @@ class TestRejectAndFailure:
         assert rj["source_name"] == "service-user"
         assert rj["reason_name"] == "called-AE-title-not-recognized"
 
-    async def test_upstream_refused(self, recorder: Recorder, registry: AssociationRegistry) -> None:
+    async def test_upstream_refused(
+        self, recorder: Recorder, registry: AssociationRegistry
+    ) -> None:
         """With the server down the client connection is closed and the refusal recorded."""
         # A bound socket that does not listen refuses connections and keeps its port reserved.
         with socket.socket() as reserved:
@@ -311,17 +326,36 @@ class TestRejectAndFailure:
             link = LinkProxy("ct-to-pacs", "127.0.0.1", port, BoundRecorder(recorder, {}), registry)
             await link.start()
             try:
-                sent = await asyncio.to_thread(send_files, link.port, [CT_SMALL])
+                sent = await asyncio.to_thread(send_files, link.port, [CT_SMALL], registry)
             finally:
                 await link.stop()
         events = read_events(recorder.path)
         [failed] = of_kind(events, "link.upstream_connect_failed")
+        assert sent.registered_port is not None
+        note = registry.link_failure(sent.registered_port)
 
         assert sent.established is False
         assert failed["error"] == "connection-refused"
+        assert note is not None
+        assert note.failure_kind is FailureKind.CONNECTION_REFUSED
+        assert note.hop == "ct-to-pacs"
+        assert note.side is Side.ACCEPTOR
         assert failed["upstream"] == f"127.0.0.1:{port}"
         assert link.stats.upstream_connect_failures == 1
         assert of_kind(events, "link.connection_opened") == []
+
+
+def tls_client_hello() -> bytes:
+    """Return the first flight of a TLS client, made in memory without a network."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="pacs.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+
+    return outgoing.read()
 
 
 def associate_rq_bytes() -> bytes:
@@ -365,6 +399,30 @@ class TestCloseHandling:
         assert closed["closed_by"] == "client"
         assert closed["close_kind"] == "reset"
 
+    async def test_tls_client_keeps_flowing(
+        self, proxy: LinkProxy, storage_scp: StorageSCP, recorder: Recorder
+    ) -> None:
+        """A TLS ClientHello is recorded as tls-handshake and still forwarded byte for byte."""
+        hello = tls_client_hello()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(hello)
+        await writer.drain()
+        # pynetdicom answers the garbage with an A-ABORT or a close; either ends the read.
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+        await wait_until(lambda: proxy.stats.connections_open == 0)
+        events = read_events(recorder.path)
+        [error] = of_kind(events, "link.pdu_error")
+        [closed] = of_kind(events, "link.connection_closed")
+
+        assert error["error"] == "tls-handshake"
+        assert error["direction"] == "upstream"
+        assert error["claimed_length"] == int.from_bytes(hello[2:6], "big")
+        assert error["first_bytes"].startswith("16 03")
+        assert closed["bytes_read"]["upstream"] == len(hello)
+        assert closed["bytes_written"]["upstream"] == len(hello)
+
     async def test_stop_closes_connections(
         self, proxy: LinkProxy, storage_scp: StorageSCP, recorder: Recorder
     ) -> None:
@@ -383,7 +441,6 @@ class TestCloseHandling:
         assert closed["closed_by"] == "proxy"
         assert closed["close_reason"] == "link stopped"
         assert link_tasks == []
-        assert len(of_kind(read_events(recorder.path), "link.stopped")) == 1
 
 
 class SplitStage(Stage):
@@ -480,3 +537,59 @@ class TestDcmtk:
         assert store_rsp["status"] == 0x0000
         assert store_rsp["assoc_id"] == "ct-to-pacs#1"
         assert closed["bytes_read"] == closed["bytes_written"]
+
+
+class TestRegistry:
+    def test_register_lookup_forget(self) -> None:
+        """A registered port maps to its id until forgotten."""
+        registry = AssociationRegistry()
+        registry.register(40000, "modality#1", link="ct-to-pacs")
+
+        assert registry.lookup(40000) == "modality#1"
+        assert registry.link_of("modality#1") == "ct-to-pacs"
+        registry.forget(40000, "modality#1")
+        assert registry.lookup(40000) is None
+        assert registry.link_of("modality#1") is None
+        assert len(registry) == 0
+
+    def test_forget_keeps_newer_registration(self) -> None:
+        """Forgetting with an old id leaves a newer id on the same port alone."""
+        registry = AssociationRegistry()
+        registry.register(40000, "modality#1")
+        registry.register(40000, "modality#2")
+        registry.forget(40000, "modality#1")
+
+        assert registry.lookup(40000) == "modality#2"
+
+    def test_new_id_counts_per_prefix(self) -> None:
+        """New ids count from 1 for each prefix."""
+        registry = AssociationRegistry()
+
+        assert [registry.new_id("a"), registry.new_id("a"), registry.new_id("b")] == [
+            "a#1",
+            "a#2",
+            "b#1",
+        ]
+
+    def test_invalid_port(self) -> None:
+        """A port outside 1..65535 is rejected with the value in the message."""
+        registry = AssociationRegistry()
+
+        with pytest.raises(ValueError, match="70000"):
+            registry.register(70000, "modality#1")
+
+    def test_failure_notes(self) -> None:
+        """Failure notes are kept per port and per id until the port's note is dropped."""
+        registry = AssociationRegistry()
+        failure = Failure(
+            FailureKind.CONNECTION_REFUSED, "ct-to-pacs", Side.ACCEPTOR, False, "refused"
+        )
+        registry.note_link_failure(40000, failure)
+        registry.note_peer_failure("modality#1", failure)
+        registry.register(40000, "modality#1")
+
+        assert registry.link_failure(40000) is failure
+        assert registry.peer_failure("modality#1") is failure
+        assert registry.peer_failure("modality#2") is None
+        registry.drop_link_failure(40000)
+        assert registry.link_failure(40000) is None

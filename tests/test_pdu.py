@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import ssl
 import struct
 import tracemalloc
@@ -38,6 +39,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from simulator.links.pdu import (
+    PDU,
     Abort,
     AssociateAC,
     AssociateRJ,
@@ -322,13 +324,33 @@ class TestAssociate:
         ("result", "source", "reason", "names"),
         [
             (1, 1, 1, ("rejected-permanent", "service-user", "no-reason-given")),
-            (1, 1, 2, ("rejected-permanent", "service-user", "application-context-name-not-supported")),
+            (
+                1,
+                1,
+                2,
+                ("rejected-permanent", "service-user", "application-context-name-not-supported"),
+            ),
             (1, 1, 3, ("rejected-permanent", "service-user", "calling-AE-title-not-recognized")),
             (1, 1, 7, ("rejected-permanent", "service-user", "called-AE-title-not-recognized")),
             (2, 2, 1, ("rejected-transient", "service-provider-acse", "no-reason-given")),
-            (1, 2, 2, ("rejected-permanent", "service-provider-acse", "protocol-version-not-supported")),
-            (2, 3, 1, ("rejected-transient", "service-provider-presentation", "temporary-congestion")),
-            (2, 3, 2, ("rejected-transient", "service-provider-presentation", "local-limit-exceeded")),
+            (
+                1,
+                2,
+                2,
+                ("rejected-permanent", "service-provider-acse", "protocol-version-not-supported"),
+            ),
+            (
+                2,
+                3,
+                1,
+                ("rejected-transient", "service-provider-presentation", "temporary-congestion"),
+            ),
+            (
+                2,
+                3,
+                2,
+                ("rejected-transient", "service-provider-presentation", "local-limit-exceeded"),
+            ),
         ],
     )
     def test_rj_names(self, result: int, source: int, reason: int, names: tuple[str, ...]) -> None:
@@ -514,6 +536,7 @@ class TestPData:
             tracemalloc.stop()
 
         assert len(results) == 1
+        assert isinstance(results[0], PDataTF)
         assert results[0].pdvs[0].value_length == body_length
         assert peak_bytes < 1024 * 1024
 
@@ -642,3 +665,33 @@ class TestInvalidInput:
 
         assert fields["error"] == "tls-handshake"
         assert "kind" not in fields
+
+    def test_mutated_streams_never_raise(
+        self, recwarn: pytest.WarningsRecorder, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Randomly corrupted PDU streams give results or errors, never an exception or warning."""
+        rng = random.Random(20240613)
+        identity = UserIdentityNegotiation()
+        identity.user_identity_type = 2
+        identity.primary_field = b"operator"
+        identity.secondary_field = b"secret"
+        originals = [
+            associate_rq(extra=[identity]),
+            associate_ac([0, 3]),
+            associate_rj(1, 1, 7),
+            c_store_rq(b"\x00" * 300, max_pdu=64),
+            c_store_rsp(0xA700, comment="Out of resources"),
+            release_rq(),
+        ]
+        for _ in range(3000):
+            data = bytearray(rng.choice(originals))
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            reader = PDUReader()
+            cut = rng.randrange(len(data))
+
+            results = reader.feed(bytes(data[:cut])) + reader.feed(bytes(data[cut:]))
+
+            assert all(isinstance(r, (PDU, DimseCommand, PDUError)) for r in results)
+        assert [str(w.message) for w in recwarn] == []
+        assert caplog.records == []

@@ -1,7 +1,7 @@
 """Links between the nodes of a simulated site.
 
 Every link runs through a :class:`LinkProxy`, an in-process asyncio TCP
-proxy that forwards bytes, records the DICOM Upper Layer PDUs it sees and
+proxy that forwards bytes, records the DICOM Upper Layer PDUs it forwards and
 is the place where faults act. The :class:`AssociationRegistry` lets the
 proxy and the nodes on both ends agree on one association id.
 """

@@ -8,7 +8,7 @@ the bytes as the proxy forwards them and returns what it could frame:
 * one :class:`DimseCommand` per DIMSE command set, decoded as soon as its
   last fragment ends;
 * one :class:`PDUError` when the stream is not DICOM or not framed as
-  PS3.8 says.
+  PS3.8 specifies.
 
 P-DATA-TF bodies are skipped while counting, so memory use does not grow
 with the size of the objects sent. Only command fragments are kept, because
@@ -18,12 +18,14 @@ a command set is small and must be decoded whole.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from io import BytesIO
 from typing import Any, Literal
 
+from pydicom.datadict import dictionary_VR
 from pydicom.filereader import read_dataset
 from pynetdicom.status import code_to_category
 
@@ -68,6 +70,14 @@ class PDUType(IntEnum):
     def event_name(self) -> str:
         """Name used in events: ``associate_rq``, ``p_data_tf``, ``abort``."""
         return self.name.removeprefix("A_").lower()
+
+
+_FIXED_LENGTH_TYPES = {  # PDUs whose PDU-length is always 4
+    PDUType.A_ASSOCIATE_RJ,
+    PDUType.A_RELEASE_RQ,
+    PDUType.A_RELEASE_RP,
+    PDUType.A_ABORT,
+}
 
 
 # Names of result, source and reason codes as PS3.8 sections 9.3.3 to 9.3.8 write them.
@@ -133,7 +143,7 @@ COMMAND_FIELDS.update(
 del COMMAND_FIELDS[0x8FFF]
 
 NO_DATA_SET = 0x0101
-"""CommandDataSetType (0000,0800) value that says no data set follows."""
+"""CommandDataSetType (0000,0800) value that means no data set follows."""
 
 _COMMAND_KEYWORDS = {
     "CommandField": "command_field",
@@ -204,7 +214,7 @@ class PresentationContextRQ:
 class PresentationContextAC:
     """Presentation Context item of an A-ASSOCIATE-AC (item type 0x21).
 
-    PS3.8 says the transfer syntax is not significant unless ``result`` is 0.
+    PS3.8 defines the transfer syntax as not significant unless ``result`` is 0.
     """
 
     context_id: int
@@ -276,7 +286,7 @@ class AssociateRQ(PDU):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AssociateAC(PDU):
-    """A-ASSOCIATE-AC PDU. PS3.8 says the receiver must not test its AE titles."""
+    """A-ASSOCIATE-AC PDU. PS3.8 requires that the receiver does not test its AE titles."""
 
     protocol_version: int
     called_ae: str
@@ -412,14 +422,6 @@ class PDUError:
 
 
 ReaderResult = PDU | DimseCommand | PDUError
-
-
-_FIXED_LENGTH_TYPES = {
-    PDUType.A_ASSOCIATE_RJ,
-    PDUType.A_RELEASE_RQ,
-    PDUType.A_RELEASE_RP,
-    PDUType.A_ABORT,
-}
 
 
 class MalformedItemError(Exception):
@@ -624,7 +626,11 @@ def _check_header(header: bytes, length: int) -> tuple[PDUErrorKind, str] | None
     # A TLS record header is content type, version 3.x and a 16-bit length.
     if header[1] == 0x03 and header[2] <= 0x04 and header[0] in (0x15, 0x16):
         kind: PDUErrorKind = "tls-handshake" if header[0] == 0x16 else "tls-alert"
-        return kind, "a TLS record arrived where a DICOM PDU was expected; is the peer using TLS?"
+        detail = (
+            "a TLS record arrived where a DICOM PDU was expected: the peer uses TLS "
+            "on a port that carries plain DICOM; configure both ends alike"
+        )
+        return kind, detail
 
     if header[0] not in PDUType._value2member_map_:
         return "unknown-pdu-type", f"PDU type 0x{header[0]:02x} is not defined by PS3.8"
@@ -650,7 +656,7 @@ def _check_header(header: bytes, length: int) -> tuple[PDUErrorKind, str] | None
 
 def _parse_acse(pdu_type: PDUType, length: int, offset: int, body: bytes) -> PDU:
     """Parse the body of a complete ACSE PDU (any type but P-DATA-TF)."""
-    common = {"pdu_type": pdu_type, "length": length, "stream_offset": offset}
+    common: dict[str, Any] = {"pdu_type": pdu_type, "length": length, "stream_offset": offset}
     if pdu_type in (PDUType.A_ASSOCIATE_RQ, PDUType.A_ASSOCIATE_AC):
         return _parse_associate(pdu_type, body, common)
 
@@ -845,7 +851,12 @@ def _parse_user_identity(body: bytes, start: int, end: int) -> UserIdentity:
 
 
 def _decode_command_set(data: bytes, context_id: int, offset: int) -> DimseCommand:
-    """Decode a command set with pydicom; raise whatever pydicom raises for bad bytes."""
+    """Decode a command set; raise ValueError or whatever pydicom raises for bad bytes.
+
+    pydicom splits the elements. Their values are decoded here from the raw
+    bytes, because pydicom's own conversion warns and logs for every invalid
+    UID, and a faulty peer would flood the output.
+    """
     dataset = read_dataset(BytesIO(data), is_implicit_VR=True, is_little_endian=True)
     if "CommandField" not in dataset:
         raise ValueError("the command set has no CommandField (0000,0100)")
@@ -853,21 +864,14 @@ def _decode_command_set(data: bytes, context_id: int, offset: int) -> DimseComma
     values: dict[str, Any] = {}
     for keyword, name in _COMMAND_KEYWORDS.items():
         if keyword in dataset:
-            values[name] = dataset[keyword].value
-    command_field = int(values.pop("command_field"))
+            raw = dataset.get_item(keyword).value
+            values[name] = _decode_value(keyword, b"" if raw is None else bytes(raw))
+    command_field = values.pop("command_field")
     if "status" in values:
         values["status_category"] = code_to_category(values["status"]).lower()
-    if "offending_elements" in values:
-        # OffendingElement is AT with VM 1-n; pydicom returns one tag or a MultiValue.
-        tags = values["offending_elements"]
-        tags = [tags] if isinstance(tags, int) else list(tags)
-        values["offending_elements"] = tuple(f"({tag >> 16:04X},{tag & 0xFFFF:04X})" for tag in tags)
     data_set_type = values.pop("command_data_set_type", None)
     if data_set_type is not None:
         values["has_data_set"] = data_set_type != NO_DATA_SET
-    for key, value in values.items():
-        if isinstance(value, str):
-            values[key] = str(value).strip(" \x00")
 
     return DimseCommand(
         stream_offset=offset,
@@ -876,3 +880,22 @@ def _decode_command_set(data: bytes, context_id: int, offset: int) -> DimseComma
         command=COMMAND_FIELDS.get(command_field, f"unknown-0x{command_field:04X}"),
         **values,
     )
+
+
+def _decode_value(keyword: str, raw: bytes) -> int | str | tuple[str, ...]:
+    """Decode one command element from Implicit VR Little Endian bytes by its dictionary VR."""
+    vr = dictionary_VR(keyword)
+    if vr in ("US", "UL"):
+        size = 2 if vr == "US" else 4
+        if len(raw) != size:
+            raise ValueError(f"{keyword} has {len(raw)} bytes, but {vr} needs {size}")
+        return int.from_bytes(raw, "little")
+
+    if vr == "AT":
+        # OffendingElement lists tags, each a 16-bit group and element.
+        if len(raw) % 4:
+            raise ValueError(f"{keyword} has {len(raw)} bytes, not a multiple of 4")
+        pairs = struct.iter_unpack("<HH", raw)
+        return tuple(f"({group:04X},{element:04X})" for group, element in pairs)
+
+    return _text(raw)

@@ -11,8 +11,12 @@ Faults plug in as :class:`Stage` objects, an ordered chain per direction
 that each chunk passes through after the reader has seen it. With no stage
 a chunk goes straight to the socket.
 
-Exceptions: :class:`LinkError` is the root of this package's errors, and
-:class:`LinkStartError` is raised when the listener cannot bind.
+Exceptions: :class:`LinkError`, a :class:`~simulator.errors.SimulatorError`,
+is the root of this package's errors. :class:`LinkStartError` is raised when
+the listener cannot bind; it is also a :class:`~simulator.errors.RunError`.
+
+The proxy emits no start and stop events of its own, because the runner
+records those with the listen port and :attr:`LinkProxy.stats`.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from simulator.errors import RunError, SimulatorError
 from simulator.links.pdu import DimseCommand, PDataTF, PDUError, PDUReader, ReaderResult
 from simulator.links.registry import AssociationRegistry
+from simulator.recording.failures import Failure, FailureKind, Side
 from simulator.recording.recorder import BoundRecorder
 
 CHUNK_SIZE_BYTES = 256 * 1024
@@ -37,15 +43,16 @@ CHUNK_SIZE_BYTES = 256 * 1024
 
 Direction = Literal["upstream", "downstream"]
 DIRECTIONS: tuple[Direction, Direction] = ("upstream", "downstream")
-Side = Literal["client", "server", "proxy"]
+ConnectionSide = Literal["client", "server", "proxy"]
+"""Values of ``closed_by``: the side whose close ended the connection."""
 Forward = Callable[[bytes], Awaitable[None]]
 
 
-class LinkError(Exception):
+class LinkError(SimulatorError):
     """Root of the errors raised by the link proxy."""
 
 
-class LinkStartError(LinkError):
+class LinkStartError(LinkError, RunError):
     """The proxy could not listen on its host and port."""
 
 
@@ -94,7 +101,7 @@ class _Connection:
     server_writer: asyncio.StreamWriter | None = None
     upstream_port: int | None = None
     assoc_id: str | None = None
-    closed_by: Side | None = None
+    closed_by: ConnectionSide | None = None
     close_kind: Literal["fin", "reset"] | None = None
     close_reason: str | None = None
     pdu_readers: dict[str, PDUReader] = field(default_factory=dict)
@@ -104,12 +111,22 @@ class _Connection:
     command_counts: dict[str, Counter[str]] = field(default_factory=dict)
     contexts: dict[str, StageContext] = field(default_factory=dict)
 
-    def note_close(self, side: Side, kind: Literal["fin", "reset"], reason: str | None) -> None:
+    def note_close(
+        self, side: ConnectionSide, kind: Literal["fin", "reset"], reason: str | None
+    ) -> None:
         """Record which side closed first and how; later closes do not change it."""
         if self.closed_by is None:
             self.closed_by = side
             self.close_kind = kind
             self.close_reason = reason
+
+    def streams(self, direction: Direction) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Return the source and the sink of ``direction``."""
+        assert self.server_reader is not None and self.server_writer is not None
+        if direction == "upstream":
+            return self.client_reader, self.server_writer
+
+        return self.server_reader, self.client_writer
 
     def writers(self) -> list[asyncio.StreamWriter]:
         return [w for w in (self.client_writer, self.server_writer) if w is not None]
@@ -129,7 +146,7 @@ class StageContext:
         self.stream_offset = 0
         """Bytes read in this direction before the current chunk."""
         self.state: dict[str, Any] = {}
-        """Per-connection, per-direction state of the stages, keyed as the stages like."""
+        """Per-connection, per-direction state of the stages; each stage picks its own keys."""
         self._connection = connection
 
     @property
@@ -165,7 +182,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 def _set_nodelay(writer: asyncio.StreamWriter) -> None:
-    # Nagle's algorithm would hold back small PDUs such as A-RELEASE-RQ for up to 40 ms.
+    # Nagle's algorithm with delayed ACKs can hold back a small PDU such as A-RELEASE-RQ
+    # for about 40 ms on Linux.
     sock = writer.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -243,7 +261,9 @@ class LinkProxy:
 
     def _check_direction(self, direction: str) -> str:
         if direction not in DIRECTIONS:
-            raise ValueError(f"link {self.name}: direction {direction!r} is not one of {DIRECTIONS}")
+            raise ValueError(
+                f"link {self.name}: direction {direction!r} is not one of {DIRECTIONS}"
+            )
 
         return direction
 
@@ -264,10 +284,6 @@ class LinkProxy:
         runner, self._runner = self._runner, None
         runner.cancel()
         await asyncio.wait([runner])
-        self._recorder.emit("link.stopped", **self._stats_fields())
-
-    def _stats_fields(self) -> dict[str, int]:
-        return dict(vars(self.stats))
 
     async def _run(self, started: asyncio.Future[None]) -> None:
         """Own the listener and, through a TaskGroup, every connection task."""
@@ -288,12 +304,6 @@ class LinkProxy:
 
                 self._port = server.sockets[0].getsockname()[1]
                 started.set_result(None)
-                self._recorder.emit(
-                    "link.started",
-                    listen_host=self.listen_host,
-                    listen_port=self._port,
-                    upstream=f"{self.upstream_host}:{self.upstream_port}",
-                )
                 await self._serve_until_cancelled(server)
         finally:
             if not started.done():
@@ -307,7 +317,9 @@ class LinkProxy:
             for connection in self._connections:
                 connection.note_close("proxy", "fin", "link stopped")
 
-    def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    def _accept(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         """Start a connection task; a plain callback, so the TaskGroup owns the task."""
         assert self._task_group is not None
         conn_id = next(self._conn_ids)
@@ -329,6 +341,7 @@ class LinkProxy:
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self._connections.add(connection)
+        self.registry.drop_link_failure(client_port)
         try:
             if await self._connect_upstream(connection):
                 await self._relay(connection)
@@ -364,14 +377,7 @@ class LinkProxy:
         except OSError as exc:
             error, detail = exc.strerror or type(exc).__name__, str(exc)
         if error is not None:
-            self.stats.upstream_connect_failures += 1
-            connection.recorder.emit(
-                "link.upstream_connect_failed",
-                client_port=connection.client_port,
-                upstream=f"{self.upstream_host}:{self.upstream_port}",
-                error=error,
-                detail=detail,
-            )
+            self._record_connect_failure(connection, error, detail)
             connection.client_writer.close()
             return False
 
@@ -388,13 +394,46 @@ class LinkProxy:
 
         return True
 
+    def _record_connect_failure(self, connection: _Connection, error: str, detail: str) -> None:
+        """Emit the failed upstream connect and note it for the client's classification.
+
+        The event has an ``assoc_id`` only if the client registered its port
+        in time; a refusal can come before a simulated SCU has registered.
+        """
+        self.stats.upstream_connect_failures += 1
+        upstream = f"{self.upstream_host}:{self.upstream_port}"
+        assoc_id = self.registry.lookup(connection.client_port)
+        recorder = connection.recorder
+        if assoc_id is not None:
+            recorder = recorder.bind(assoc_id=assoc_id)
+        recorder.emit(
+            "link.upstream_connect_failed",
+            client_port=connection.client_port,
+            upstream=upstream,
+            error=error,
+            detail=detail,
+        )
+        kinds = {
+            "connection-refused": FailureKind.CONNECTION_REFUSED,
+            "connection-timeout": FailureKind.CONNECTION_TIMEOUT,
+        }
+        failure = Failure(
+            kinds.get(error, FailureKind.CONNECTION_CLOSED),
+            self.name,
+            Side.ACCEPTOR,
+            False,
+            f"link {self.name} could not connect to {upstream}: {error}",
+            {"upstream": upstream, "error": error, "detail": detail},
+        )
+        self.registry.note_link_failure(connection.client_port, failure)
+
     def _bind_association(self, connection: _Connection) -> None:
         """Find or make the association id and register the upstream port under it."""
         assoc_id = self.registry.lookup(connection.client_port)
         if assoc_id is None:
             assoc_id = self.registry.new_id(self.name)
         assert connection.upstream_port is not None
-        self.registry.register(connection.upstream_port, assoc_id)
+        self.registry.register(connection.upstream_port, assoc_id, link=self.name)
         connection.assoc_id = assoc_id
         connection.recorder = connection.recorder.bind(assoc_id=assoc_id)
 
@@ -413,13 +452,9 @@ class LinkProxy:
 
     async def _pump(self, connection: _Connection, direction: Direction) -> None:
         """Forward one direction until its source closes, then half-close its sink."""
-        if direction == "upstream":
-            source, sink = connection.client_reader, connection.server_writer
-            source_side, sink_side = "client", "server"
-        else:
-            source, sink = connection.server_reader, connection.client_writer
-            source_side, sink_side = "server", "client"
-        assert source is not None and sink is not None
+        source, sink = connection.streams(direction)
+        source_side: ConnectionSide = "client" if direction == "upstream" else "server"
+        sink_side: ConnectionSide = "server" if direction == "upstream" else "client"
         reader = connection.pdu_readers[direction]
         while True:
             try:
@@ -496,20 +531,26 @@ class LinkProxy:
         stages = self._stages[direction]
         ctx = connection.contexts[direction]
         for index, stage in enumerate(stages):
-            await stage.finish(ctx, self._stage_forward(connection, direction, sink, stages, index + 1))
+            await stage.finish(
+                ctx, self._stage_forward(connection, direction, sink, stages, index + 1)
+            )
         # The sink may already be closed after a reset or a stage's close().
         with contextlib.suppress(OSError, RuntimeError):
             if sink.can_write_eof() and not sink.transport.is_closing():
                 sink.write_eof()
 
-    def _on_reset(self, connection: _Connection, side: Side, exc: OSError) -> None:
+    def _on_reset(self, connection: _Connection, side: ConnectionSide, exc: OSError) -> None:
         connection.note_close(side, "reset", f"{type(exc).__name__}: {exc}")
         connection.reset()
 
-    def _record(self, connection: _Connection, direction: Direction, results: list[ReaderResult]) -> None:
+    def _record(
+        self, connection: _Connection, direction: Direction, results: list[ReaderResult]
+    ) -> None:
         for result in results:
             if isinstance(result, PDUError):
-                connection.recorder.emit("link.pdu_error", direction=direction, **result.to_fields())
+                connection.recorder.emit(
+                    "link.pdu_error", direction=direction, **result.to_fields()
+                )
             elif isinstance(result, DimseCommand):
                 connection.command_counts[direction][result.command] += 1
                 connection.recorder.emit("link.pdu", direction=direction, **result.to_fields())

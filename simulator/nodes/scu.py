@@ -149,6 +149,10 @@ class StoreClient:
         if not assoc.is_established:
             failure = self._association_failure(trace, destination, time.monotonic() - started)
             trace.emit("association.failed", **failure.as_record())
+            if trace.all_contexts_rejected:
+                # Blame each instance on the context result the acceptor gave it.
+                return outcomes + [StoreOutcome(i, None, self._context_rejected(assoc, i, destination),
+                                                assoc_id) for i in proposable]
             return outcomes + [StoreOutcome(i, None, failure, assoc_id) for i in proposable]
 
         try:
@@ -254,6 +258,8 @@ class StoreClient:
             and (not cx.transfer_syntax or cx.transfer_syntax[0] == item.transfer_syntax_uid)
         ]
         result_name = results[0]["result_name"] if results else "not accepted"
+        if not assoc.accepted_contexts:
+            result_name += "; every context was rejected, so the requestor aborted"
 
         return Failure(
             FailureKind.NO_ACCEPTED_CONTEXT, destination.link, Side.ACCEPTOR, True,

@@ -8,10 +8,21 @@ rejects the association past ``max_associations``.
 
 from __future__ import annotations
 
+import difflib
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydicom.datadict import keyword_dict
 
 from simulator.conformance.names import (
     UnknownNameError,
@@ -42,6 +53,34 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
+def _resolve_sop_class_name(value: str) -> str:
+    try:
+        return resolve_sop_class(value)
+    except UnknownNameError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _resolve_transfer_syntax_name(value: str) -> str:
+    try:
+        return resolve_transfer_syntax(value)
+    except UnknownNameError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _check_keyword(value: str) -> str:
+    if value not in keyword_dict:
+        close = difflib.get_close_matches(value, list(keyword_dict), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"{value!r} is not a DICOM attribute keyword{hint}")
+    return value
+
+
+# Validating each list item on its own makes pydantic report the item's index,
+# so an error points at the line of the bad item.
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+SopClassName = Annotated[str, AfterValidator(_resolve_sop_class_name)]
+TransferSyntaxName = Annotated[str, AfterValidator(_resolve_transfer_syntax_name)]
+AttributeKeyword = Annotated[str, AfterValidator(_check_keyword)]
 
 
 class Role(StrEnum):
@@ -71,41 +110,25 @@ class Timeouts(_Strict):
 class SopClassSupport(_Strict):
     """One SOP class with the transfer syntaxes and roles declared for it."""
 
-    sop_class: str
-    transfer_syntaxes: tuple[str, ...] | None = Field(
+    sop_class: SopClassName
+    transfer_syntaxes: tuple[TransferSyntaxName, ...] | None = Field(
         None, description="Overrides the node's transfer_syntaxes for this SOP class."
     )
     roles: tuple[Role, ...] = Field(
         (Role.SCU, Role.SCP), description="Roles the node can take for this SOP class."
     )
 
-    @field_validator("sop_class")
-    @classmethod
-    def _resolve_sop_class(cls, value: str) -> str:
-        try:
-            return resolve_sop_class(value)
-        except UnknownNameError as exc:
-            raise ValueError(str(exc)) from exc
-
     @field_validator("transfer_syntaxes")
     @classmethod
-    def _resolve_transfer_syntaxes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        return _resolve_transfer_syntax_list(value)
+    def _unique_transfer_syntaxes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if value is None else _unique_transfer_syntax_list(value)
 
 
-def _resolve_transfer_syntax_list(value: tuple[str, ...]) -> tuple[str, ...]:
+def _unique_transfer_syntax_list(value: tuple[str, ...]) -> tuple[str, ...]:
     if not value:
         raise ValueError("at least one transfer syntax is needed")
-    resolved = []
-    for item in value:
-        try:
-            resolved.append(resolve_transfer_syntax(item))
-        except UnknownNameError as exc:
-            raise ValueError(str(exc)) from exc
 
-    return tuple(dict.fromkeys(resolved))
+    return tuple(dict.fromkeys(value))
 
 
 def _sop_class_entry(item: Any) -> Any:
@@ -113,6 +136,12 @@ def _sop_class_entry(item: Any) -> Any:
     if isinstance(item, str):
         return {"sop_class": item}
     return item
+
+
+SopClassEntry = Annotated[
+    SopClassSupport,
+    BeforeValidator(_sop_class_entry, json_schema_input_type=str | SopClassSupport),
+]
 
 
 class RetryPolicy(_Strict):
@@ -153,10 +182,23 @@ class Rule(_Strict):
 PrivateTagPolicy = Literal["keep", "drop"] | tuple[str, ...]
 
 
+def _name_not_required(schema: dict[str, Any]) -> None:
+    # The loader copies each node's key under `nodes` into `name`, so files omit it.
+    required = schema.get("required", [])
+    if "name" in required:
+        required.remove("name")
+
+
 class NodeBase(_Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_name_not_required)
+
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The node's key under `nodes`; set by the loader.",
+    )
     kind: NodeKind
-    ae_title: str
+    ae_title: AETitle
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535)
     max_pdu: int = Field(
@@ -164,36 +206,21 @@ class NodeBase(_Strict):
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_associations: int = Field(10, ge=1)
-    accept_calling_ae: tuple[str, ...] | None = Field(
+    accept_calling_ae: tuple[AETitle, ...] | None = Field(
         None, description="Calling AE titles accepted; null accepts any."
     )
     check_called_ae: bool = True
-    transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES
-    sop_classes: tuple[SopClassSupport, ...] = ()
-
-    @field_validator("ae_title")
-    @classmethod
-    def _validate_ae_title(cls, value: str) -> str:
-        return _check_ae_title(value)
-
-    @field_validator("accept_calling_ae")
-    @classmethod
-    def _validate_calling_titles(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        return tuple(_check_ae_title(v) for v in value)
+    transfer_syntaxes: tuple[TransferSyntaxName, ...] = Field(
+        DEFAULT_TRANSFER_SYNTAXES, validate_default=True
+    )
+    sop_classes: tuple[SopClassEntry, ...] = Field(
+        (), description="SOP classes, each a keyword or UID, or a mapping with sop_class."
+    )
 
     @field_validator("transfer_syntaxes")
     @classmethod
-    def _resolve_default_transfer_syntaxes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _resolve_transfer_syntax_list(value)
-
-    @field_validator("sop_classes", mode="before")
-    @classmethod
-    def _expand_sop_class_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, list | tuple):
-            return [_sop_class_entry(item) for item in value]
-        return value
+    def _unique_default_transfer_syntaxes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _unique_transfer_syntax_list(value)
 
     @field_validator("sop_classes")
     @classmethod
@@ -242,14 +269,17 @@ class RouterNode(NodeBase):
     )
     max_instances_per_association: int = Field(100, ge=1)
 
-    @model_validator(mode="after")
-    def _check_rule_sets(self) -> RouterNode:
-        if self.active_rule_set is not None and self.active_rule_set not in self.rule_sets:
+    @field_validator("active_rule_set")
+    @classmethod
+    def _check_rule_set_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # rule_sets is declared first, so it is in info.data unless it failed validation.
+        rule_sets = info.data.get("rule_sets")
+        if value is not None and rule_sets is not None and value not in rule_sets:
             raise ValueError(
-                f"active_rule_set {self.active_rule_set!r} is not one of the rule_sets "
-                f"({', '.join(sorted(self.rule_sets)) or 'none declared'})"
+                f"active_rule_set {value!r} is not one of the rule_sets "
+                f"({', '.join(sorted(rule_sets)) or 'none declared'})"
             )
-        return self
+        return value
 
     def rule_set(self, name: str | None) -> tuple[Rule, ...]:
         if name is None:
@@ -270,7 +300,7 @@ class StorageNode(NodeBase):
     """A PACS or viewer: a Storage SCP that keeps what it receives on disk."""
 
     kind: Literal[NodeKind.PACS, NodeKind.VIEWER]
-    require_attributes: tuple[str, ...] = Field(
+    require_attributes: tuple[AttributeKeyword, ...] = Field(
         (),
         description="Keywords that must be present and non-empty; a missing one "
         "gets status 0xA900 (dataset does not match SOP class), as validating archives answer.",
@@ -296,14 +326,9 @@ class Link(_Strict):
     to_node: str = Field(..., alias="to")
     name: str | None = None
     listen_port: int | None = Field(None, ge=1, le=65535)
-    called_ae: str | None = Field(
+    called_ae: AETitle | None = Field(
         None, description="AE title the sender calls; defaults to the receiver's own AE title."
     )
-
-    @field_validator("called_ae")
-    @classmethod
-    def _validate_called_ae(cls, value: str | None) -> str | None:
-        return None if value is None else _check_ae_title(value)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -323,7 +348,8 @@ class Topology(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _name_nodes(cls, data: Any) -> Any:
-        # Nodes are a mapping by name; the name is copied into each node.
+        # Nodes are a mapping by name; the name is copied into each node. A name
+        # the node gives itself is kept, and _check_names reports it if it differs.
         if isinstance(data, dict) and isinstance(data.get("nodes"), dict):
             nodes = {}
             for name, node in data["nodes"].items():
@@ -339,7 +365,16 @@ class Topology(_Strict):
         These checks need the whole file, so they run after every node and
         link has validated on its own; the loader turns locations into lines.
         """
-        return self._check_links() + self._check_ports() + self._check_routes()
+        return (self._check_names() + self._check_links() + self._check_ports()
+                + self._check_routes() + self._check_rule_keys())
+
+    def _check_names(self) -> list[tuple[tuple[str | int, ...], str]]:
+        return [
+            (("nodes", key, "name"), f"node {key} has name {node.name!r}; a node's name is its "
+             "key under nodes, so remove name or make it equal to the key")
+            for key, node in self.nodes.items()
+            if node.name != key
+        ]
 
     def _check_links(self) -> list[tuple[tuple[str | int, ...], str]]:
         problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -394,25 +429,47 @@ class Topology(_Strict):
                         f"modality {node.name} sends to {node.send_to!r}, but no link "
                         f"goes from {node.name} to {node.send_to!r}",
                     ))
-                elif node.send_to is None and len(targets) != 1:
+                elif node.send_to is None and not targets:
                     problems.append((
                         ("nodes", node.name),
-                        f"modality {node.name} has {len(targets)} outgoing links; set "
-                        "send_to to choose its destination",
+                        f"modality {node.name} has no outgoing link; add a link "
+                        f"from {node.name} to the node it sends to",
+                    ))
+                elif node.send_to is None and len(targets) > 1:
+                    problems.append((
+                        ("nodes", node.name),
+                        f"modality {node.name} has {len(targets)} outgoing links (to "
+                        f"{', '.join(targets)}); set send_to to choose its destination",
                     ))
             if isinstance(node, RouterNode):
                 for loc, rule in node.located_rules():
-                    for dest in rule.forward:
+                    for index, dest in enumerate(rule.forward):
                         if dest not in targets:
                             problems.append((
-                                ("nodes", node.name, *loc, "forward"),
+                                ("nodes", node.name, *loc, "forward", index),
                                 f"router {node.name} rule {rule.name!r} forwards to "
                                 f"{dest!r}, but no link goes from {node.name} to {dest!r}",
                             ))
         return problems
 
+    def _check_rule_keys(self) -> list[tuple[tuple[str | int, ...], str]]:
+        # routing imports this module, so the import waits until the check runs.
+        from simulator.routing import rule_key_problems
+
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for node in self.nodes.values():
+            if not isinstance(node, RouterNode):
+                continue
+            for loc, rule in node.located_rules():
+                problems += [
+                    (("nodes", node.name, *loc, *where), f"rule {rule.name!r}: {message}")
+                    for where, message in rule_key_problems(rule)
+                ]
+        return problems
+
     def link_targets(self, node_name: str) -> list[str]:
-        return [lk.to_node for lk in self.links if lk.from_node == node_name]
+        # A link declared twice is reported once, by _check_links.
+        return list(dict.fromkeys(lk.to_node for lk in self.links if lk.from_node == node_name))
 
     def link_between(self, from_node: str, to_node: str) -> Link:
         for link in self.links:
