@@ -268,6 +268,9 @@ class Rehearsal:
                 link.link_name, "127.0.0.1" if host in ("localhost", "0.0.0.0") else host, port,
                 _bind(self.recorder, link=link.link_name), self.registry,
                 listen_port=link.listen_port or 0,
+                # The sender reaches the proxy at once; the proxy's upstream
+                # connect is where the sender's connection timeout applies.
+                connect_timeout_s=nodes[link.from_node].timeouts.connection_s or 3600.0,
             )
             await proxy.start()
             self.site.proxies[link.link_name] = proxy

@@ -149,6 +149,7 @@ class StoreClient:
         if not assoc.is_established:
             failure = self._association_failure(trace, destination, time.monotonic() - started)
             trace.emit("association.failed", **failure.as_record())
+            _emit_timeout(trace, failure)
             if trace.all_contexts_rejected:
                 # Blame each instance on the context result the acceptor gave it.
                 return outcomes + [StoreOutcome(i, None, self._context_rejected(assoc, i, destination),
@@ -209,6 +210,7 @@ class StoreClient:
             failure = self._broken_association(trace, destination, elapsed_s)
             trace.emit("dimse.no_response", sop_instance_uid=item.sop_instance_uid,
                        elapsed_s=round(elapsed_s, 4), **failure.as_record())
+            _emit_timeout(trace, failure)
             return StoreOutcome(item, None, failure, trace.assoc_id)
 
         category = status_category(status)
@@ -322,6 +324,23 @@ class StoreClient:
         return Failure(FailureKind.CONNECTION_CLOSED, link, Side.ACCEPTOR, False,
                        "the connection closed during the association (A-P-ABORT)",
                        {"elapsed_s": None if elapsed_s is None else round(elapsed_s, 3)})
+
+
+_TIMEOUT_KINDS = {
+    FailureKind.ACSE_TIMEOUT: "acse",
+    FailureKind.DIMSE_TIMEOUT: "dimse",
+    FailureKind.NETWORK_TIMEOUT: "network",
+    FailureKind.CONNECTION_TIMEOUT: "connection",
+}
+
+
+def _emit_timeout(trace: AssociationTrace, failure: Failure) -> None:
+    timeout_kind = _TIMEOUT_KINDS.get(failure.failure_kind)
+    if timeout_kind is None:
+        return
+    trace.emit("timeout", timeout_kind=timeout_kind,
+               timed_out_side=failure.detail.get("timed_out_side"),
+               timeout_s=failure.detail.get("timeout_s"))
 
 
 def _status_detail(response: Dataset) -> dict[str, Any]:
