@@ -203,10 +203,15 @@ class AssociationTrace:
         if self.role == "requestor":
             self.emit("association.rejected", **(self.rejection or {}))
 
-    def _on_aborted(self, _event: Any) -> None:
+    def _on_aborted(self, event: Any) -> None:
         if self.rejection is not None and self.role == "requestor":
             self.emit("association.rejected", **self.rejection)
             return
+        if self.abort_sent is None and getattr(event.assoc, "_sent_abort", False):
+            # Association.abort() in pynetdicom 3.0.4 (used on its ACSE, DIMSE and
+            # network timeouts) fires EVT_ABORTED before the A-ABORT PDU is sent,
+            # and always sends source 0 (service-user) with reason 0.
+            self.abort_sent = _abort_fields(0, 0)
         if self.abort_sent is not None:
             self.emit("association.aborted", pdu="A-ABORT", initiated_by="local", **self.abort_sent)
         elif self.abort_received is not None:
@@ -227,11 +232,15 @@ class AssociationTrace:
 def _abort_fields(source: int | None, reason: int | None) -> dict[str, Any]:
     source = source or 0
     reason = reason or 0
+    # PS3.8 9.3.8: the reason is significant only when the service-provider (2) aborted.
+    reason_name = "not-significant"
+    if source == 2:
+        reason_name = ABORT_REASON.get(reason, f"unknown ({reason})")
     return {
         "source": source,
         "source_name": ABORT_SOURCE.get(source, f"unknown ({source})"),
         "reason": reason,
-        "reason_name": ABORT_REASON.get(reason, f"unknown ({reason})"),
+        "reason_name": reason_name,
     }
 
 

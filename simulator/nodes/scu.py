@@ -292,8 +292,10 @@ class StoreClient:
             return Failure(FailureKind.ASSOCIATION_ABORTED, link, Side.ACCEPTOR, False,
                            f"A-ABORT from the peer during negotiation: {trace.abort_received['source_name']}",
                            dict(trace.abort_received))
+        # On its ACSE timeout pynetdicom sends an A-ABORT and closes the connection
+        # itself, so a closed connection means the peer closed it only when we sent no abort.
         if timeouts.acse_s is not None and elapsed_s >= timeouts.acse_s * 0.95 and \
-                trace.connection_closed_mono is None:
+                (trace.connection_closed_mono is None or trace.abort_sent is not None):
             return Failure(FailureKind.ACSE_TIMEOUT, link, Side.ACCEPTOR, False,
                            f"no A-ASSOCIATE-AC or -RJ within the requestor's ACSE timeout "
                            f"({timeouts.acse_s} s)", {"timeout_s": timeouts.acse_s,
