@@ -9,6 +9,7 @@ through :class:`~simulator.nodes.runtime.NodeServices`.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import datetime as dt
 import secrets
 import shutil
@@ -23,6 +24,12 @@ from pydicom import dcmread
 from simulator.corpus import Corpus, CorpusInstance, bundled_corpus, group_instances
 from simulator.corpus import MANIFEST_NAME, materialize_repeat
 from simulator.errors import RunError
+try:  # TODO: remove once simulator.links.faults and firewall land (being written now).
+    from simulator.links.faults import FaultSpec, LinkFaults
+    from simulator.links.firewall import Firewall, FirewallSpec
+    _FAULTS = True
+except ImportError:  # pragma: no cover
+    _FAULTS = False
 from simulator.links.proxy import LinkProxy
 from simulator.links.registry import AssociationRegistry
 from simulator.nodes.modality import Modality
@@ -30,6 +37,7 @@ from simulator.nodes.router import Router
 from simulator.nodes.runtime import NodeServices
 from simulator.nodes.scu import Destination
 from simulator.nodes.storage import StorageNodeRuntime
+from simulator.nodes.tls import RunTls
 from simulator.recording.integrity import Explained, compare
 from simulator.recording.ledger import InstanceInfo, Ledger, LedgerRow
 from simulator.recording.recorder import RUN_FORMAT_VERSION, BoundRecorder, Recorder
@@ -103,11 +111,14 @@ class Rehearsal:
         self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
         self.run_dir = options.out_dir
         self.registry = AssociationRegistry()
+        self.tls = RunTls()
         self.site = _Site()
         self.source_paths: dict[str, Path] = {}
         self.groups: dict[str, list[list[CorpusInstance]]] = {}
         self.progress = Progress()
         self._sender_tasks: list[asyncio.Task[None]] = []
+        self._connections_opened: Counter[str] = Counter()
+        self._connections_at_last_step: Counter[str] = Counter()
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._instances: dict[str, InstanceInfo] = {}
@@ -128,6 +139,7 @@ class Rehearsal:
         self._prepare_run_dir()
         self._recorder = Recorder(self.run_dir / "events.jsonl", self.run_id)
         self._ledger = Ledger(self.recorder)
+        self.recorder.add_listener(self._on_event)
         self._started_mono = time.monotonic()
         self.recorder.emit(
             "run.started", format_version=RUN_FORMAT_VERSION, site=self.topology.site,
@@ -212,7 +224,7 @@ class Rehearsal:
         return NodeServices(
             recorder=_bind(self.recorder, node=node), registry=self.registry,
             work_dir=work_dir, ledger=self.ledger, instances=self._instances,
-            expand_destinations=self.expand_destinations,
+            expand_destinations=self.expand_destinations, tls=self.tls,
         )
 
     @property
@@ -264,9 +276,17 @@ class Rehearsal:
             self.site.ports[name] = (decl.host, port)
         for link in self.topology.links:
             host, port = self.site.ports[link.to_node]
+            link_recorder = _bind(self.recorder, link=link.link_name)
+            extra: dict[str, Any] = {}
+            if _FAULTS:
+                faults = LinkFaults(link.link_name, self.seed, link_recorder)
+                for spec in link.faults:
+                    faults.add(spec)
+                extra = {"faults": faults, "source_node": link.from_node,
+                         "firewall": Firewall(link.link_name, link.firewall, link_recorder)}
             proxy = LinkProxy(
                 link.link_name, "127.0.0.1" if host in ("localhost", "0.0.0.0") else host, port,
-                _bind(self.recorder, link=link.link_name), self.registry,
+                link_recorder, self.registry, **extra,
                 listen_port=link.listen_port or 0,
                 # The sender reaches the proxy at once; the proxy's upstream
                 # connect is where the sender's connection timeout applies.
@@ -352,9 +372,13 @@ class Rehearsal:
             return self.progress.sent >= step.after.sent
         if step.after.delivered is not None:
             return self.progress.delivered >= step.after.delivered
+        if step.after.association_on is not None:
+            link = step.after.association_on
+            return self._connections_opened[link] > self._connections_at_last_step[link]
         return self._idle()
 
     def _run_step(self, index: int, step: Step, group: asyncio.TaskGroup) -> None:
+        self._connections_at_last_step = Counter(self._connections_opened)
         self.recorder.emit("scenario.step", step=index, action=step.action,
                            at_s=round(time.monotonic() - self._started_mono, 3),
                            router=step.router, rule_set=step.rule_set,
@@ -365,15 +389,35 @@ class Rehearsal:
             return
         if step.action == "hold":
             return
+        if step.link is not None:
+            self._change_link(step)
+            return
         for sender in self.scenario.senders:
             if step.senders and sender.sender_name not in step.senders:
                 continue
             modality = self.site.modalities[sender.modality]
             groups = self.groups.get(sender.sender_name, [])
             self._sender_tasks.append(group.create_task(
-                asyncio.to_thread(modality.send, groups, sender.concurrency),
+                asyncio.to_thread(modality.send, groups, sender.concurrency, sender.release),
                 name=f"sender-{sender.sender_name}",
             ))
+
+    def _change_link(self, step: Step) -> None:
+        proxy = self.site.proxies[step.link or ""]
+        if step.action == "add_fault":
+            proxy.faults.add(FaultSpec.model_validate(step.fault))
+        elif step.action == "update_fault":
+            proxy.faults.update(step.name or "", attributes=step.attributes, toxicity=step.toxicity)
+        elif step.action == "remove_fault":
+            proxy.faults.remove(step.name or "")
+        elif step.action == "set_firewall":
+            proxy.firewall.replace(
+                None if step.firewall is None else FirewallSpec.model_validate(step.firewall)
+            )
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("kind") == "link.connection_opened":
+            self._connections_opened[str(event.get("link"))] += 1
 
     def _busy(self) -> bool:
         return any(r.busy() for r in self.site.routers.values())
@@ -389,6 +433,8 @@ class Rehearsal:
 
     async def _stop_site(self) -> list[dict[str, Any]]:
         left: list[dict[str, Any]] = []
+        for modality in self.site.modalities.values():
+            await asyncio.to_thread(modality.client.abort_held)
         for name, router in self.site.routers.items():
             for entry in await asyncio.to_thread(router.stop):
                 left.append({"node": name, **entry})

@@ -142,7 +142,7 @@ BAD_SCENARIOS = [
     (
         "unknown step action",
         with_timeline("{action: start, at_s: 0}"),
-        5, "timeline[0].action", "'start_sending' or 'cutover'",
+        5, "timeline[0].action", "'start_sending', 'cutover', 'hold'",
     ),
     (
         "step with at_s and after",
@@ -157,27 +157,27 @@ BAD_SCENARIOS = [
     (
         "after with two events",
         with_timeline("{action: start_sending, after: {sent: 5, delivered: 3}}"),
-        5, "timeline[0].after", "give exactly one of sent, delivered or idle: true",
+        5, "timeline[0].after", "give exactly one of sent, delivered, idle: true or association_on",
     ),
     (
         "after idle false",
         with_timeline("{action: start_sending, after: {idle: false}}"),
-        5, "timeline[0].after", "give exactly one of sent, delivered or idle: true",
+        5, "timeline[0].after", "give exactly one of sent, delivered, idle: true or association_on",
     ),
     (
         "cutover without rule_set",
         with_timeline("{action: cutover, at_s: 5, router: router}"),
-        5, "timeline[0]", "a cutover step needs router and rule_set",
+        5, "timeline[0]", "a cutover step needs rule_set",
     ),
     (
         "cutover naming senders",
         with_timeline(CUTOVER_STEP.removesuffix("}") + ", senders: [ct]}"),
-        5, "timeline[0]", "senders applies only to start_sending steps",
+        5, "timeline[0]", "senders does not apply to cutover steps",
     ),
     (
         "start_sending naming a rule set",
         with_timeline("{action: start_sending, at_s: 0, rule_set: go-live}"),
-        5, "timeline[0]", "router and rule_set apply only to cutover steps",
+        5, "timeline[0]", "rule_set does not apply to start_sending steps",
     ),
     (
         "expectation with no check",

@@ -25,7 +25,8 @@ class Modality:
         self.final_nodes = final_nodes
         self.recorder = services.recorder.bind(node=declaration.name)
         self.client = StoreClient(declaration, self.recorder, services.registry,
-                                  lambda: services.next_assoc_id(declaration.name))
+                                  lambda: services.next_assoc_id(declaration.name),
+                                  tls=services.tls)
         self.sent = 0
         self._lock = threading.Lock()
         self.unsent: set[str] = set()
@@ -45,17 +46,18 @@ class Modality:
                 )
                 self.unsent.add(instance.sop_instance_uid)
 
-    def send(self, groups: Sequence[Sequence[CorpusInstance]], concurrency: int) -> None:
+    def send(self, groups: Sequence[Sequence[CorpusInstance]], concurrency: int,
+             release: bool = True) -> None:
         """Send every group on its own association, ``concurrency`` associations at once."""
         self.recorder.emit("sender.started", groups=len(groups),
                            instances=sum(len(g) for g in groups), concurrency=concurrency)
         with ThreadPoolExecutor(max_workers=concurrency,
                                 thread_name_prefix=f"send-{self.declaration.name}") as pool:
-            for _ in pool.map(self._send_group, groups):
+            for _ in pool.map(lambda group: self._send_group(group, release), groups):
                 pass
         self.recorder.emit("sender.finished", sent=self.sent)
 
-    def _send_group(self, group: Sequence[CorpusInstance]) -> None:
+    def _send_group(self, group: Sequence[CorpusInstance], release: bool) -> None:
         items = [Outgoing(i.path, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid)
                  for i in group]
         # A router decides the final destinations when the instance arrives,
@@ -64,7 +66,7 @@ class Modality:
         if direct:
             for instance in group:
                 self._expect(instance.sop_instance_uid, [self.destination.node])
-        outcomes = self.client.store_batch(self.destination, items)
+        outcomes = self.client.store_batch(self.destination, items, release=release)
         paths = {i.sop_instance_uid: i.path for i in group}
         for outcome in outcomes:
             self._settle(outcome, paths[outcome.item.sop_instance_uid])

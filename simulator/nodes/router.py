@@ -67,7 +67,7 @@ class Router:
         self.scp = StorageSCP(declaration, services, self.spool_dir, on_stored=self._on_received)
         self.client = StoreClient(declaration, self.recorder, services.registry,
                                   lambda: services.next_assoc_id(declaration.name),
-                                  converter=self._transcode)
+                                  converter=self._transcode, tls=services.tls)
         self._queues: dict[str, list[ForwardJob]] = {d: [] for d in destinations}
         self._in_flight: dict[str, int] = {d: 0 for d in destinations}
         self._spool: dict[str, _SpoolEntry] = {}

@@ -13,6 +13,7 @@ from pynetdicom import AE, _config
 
 from simulator.links.registry import AssociationRegistry
 from simulator.recording.ledger import InstanceInfo, Ledger
+from simulator.nodes.tls import RunTls
 from simulator.recording.recorder import BoundRecorder
 from simulator.topology.model import NodeBase, Role
 
@@ -62,6 +63,7 @@ class NodeServices:
     ledger: Ledger
     instances: dict[str, InstanceInfo]
     expand_destinations: ExpandDestinations
+    tls: RunTls
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

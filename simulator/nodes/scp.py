@@ -71,8 +71,10 @@ class StorageSCP:
         handlers = [(event_type, self._dispatch(name)) for event_type, name in _TRACE_EVENTS]
         handlers.append((evt.EVT_C_STORE, self._on_c_store))
         handlers.append((evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS))
+        ssl_context = self.services.tls.server_context() if self.declaration.tls else None
         self._server = ae.start_server(
-            (self.declaration.host, port), block=False, evt_handlers=handlers
+            (self.declaration.host, port), block=False, evt_handlers=handlers,
+            ssl_context=ssl_context,
         )
         self.port = self._server.server_address[1]
 

@@ -22,6 +22,7 @@ from simulator.conformance.names import describe_uid
 from simulator.links.registry import AssociationRegistry
 from simulator.nodes.association import AssociationTrace
 from simulator.nodes.runtime import configure_ae
+from simulator.nodes.tls import SERVER_NAME, RunTls
 from simulator.recording.failures import (
     CONTEXT_RESULT,
     Failure,
@@ -108,15 +109,24 @@ class StoreClient:
         registry: AssociationRegistry,
         next_assoc_id: Callable[[], str],
         converter: Converter | None = None,
+        tls: RunTls | None = None,
     ) -> None:
+        self.tls = tls
+        self.held_open: list[tuple[AE, Any]] = []
         self.converter = converter
         self.declaration = declaration
         self.recorder = recorder
         self.registry = registry
         self.next_assoc_id = next_assoc_id
 
-    def store_batch(self, destination: Destination, items: Sequence[Outgoing]) -> list[StoreOutcome]:
-        """Send ``items`` on one association; return an outcome for every item."""
+    def store_batch(self, destination: Destination, items: Sequence[Outgoing],
+                    release: bool = True) -> list[StoreOutcome]:
+        """Send ``items`` on one association; return an outcome for every item.
+
+        With ``release`` false the association stays open afterwards, with no
+        A-RELEASE and no FIN, as a sender that goes silent does; the peer's
+        network timeout decides what happens to it. :meth:`abort_held` ends them.
+        """
         assoc_id = self.next_assoc_id()
         trace = AssociationTrace(
             assoc_id=assoc_id, node=self.declaration.name, link=destination.link,
@@ -142,9 +152,12 @@ class StoreClient:
         ae = AE(ae_title=self.declaration.ae_title)
         configure_ae(ae, self.declaration)
         started = time.monotonic()
+        tls_args = None
+        if self.declaration.tls and self.tls is not None:
+            tls_args = (self.tls.client_context(), SERVER_NAME)
         assoc = ae.associate(
             destination.host, destination.port, contexts=contexts,
-            ae_title=destination.called_ae, evt_handlers=trace.handlers(),
+            ae_title=destination.called_ae, evt_handlers=trace.handlers(), tls_args=tls_args,
         )
         if not assoc.is_established:
             failure = self._association_failure(trace, destination, time.monotonic() - started)
@@ -159,11 +172,23 @@ class StoreClient:
         try:
             outcomes += self._send_all(assoc, trace, destination, proposable)
         finally:
-            if assoc.is_established:
-                assoc.release()
-            ae.shutdown()
+            if release or not assoc.is_established:
+                if assoc.is_established:
+                    assoc.release()
+                ae.shutdown()
+            else:
+                trace.emit("association.held_open")
+                self.held_open.append((ae, assoc))
 
         return outcomes
+
+    def abort_held(self) -> None:
+        """Abort the associations kept open by ``release=False``; for the end of a run."""
+        for ae, assoc in self.held_open:
+            if assoc.is_established:
+                assoc.abort()
+            ae.shutdown()
+        self.held_open.clear()
 
     def _send_all(self, assoc: Any, trace: AssociationTrace, destination: Destination,
                   items: Sequence[Outgoing]) -> list[StoreOutcome]:

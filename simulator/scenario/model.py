@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from simulator.conformance.names import UnknownNameError, resolve_sop_class
 from simulator.recording.failures import FailureKind
@@ -64,6 +72,11 @@ class Sender(_Strict):
         "study", description="One association per study, per series, per instance, or per N instances."
     )
     concurrency: int = Field(1, ge=1, description="Associations this modality opens at once.")
+    release: bool = Field(
+        True,
+        description="false keeps each association open after its last C-STORE, with no "
+        "A-RELEASE and no FIN, as a sender that goes silent does.",
+    )
 
     @property
     def sender_name(self) -> str:
@@ -85,21 +98,43 @@ class After(_Strict):
     idle: bool | None = Field(
         None, description="Every started sender has finished and no router has work left."
     )
+    association_on: str | None = Field(
+        None, description="A new connection opened on this link (name such as 'ct->router')."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> After:
-        given = [v for v in (self.sent, self.delivered, self.idle) if v is not None]
+        given = [v for v in (self.sent, self.delivered, self.idle, self.association_on)
+                 if v is not None]
         if len(given) != 1 or self.idle is False:
-            raise ValueError("give exactly one of sent, delivered or idle: true")
+            raise ValueError("give exactly one of sent, delivered, idle: true or association_on")
         return self
+
+
+StepAction = Literal[
+    "start_sending", "cutover", "hold", "add_fault", "update_fault", "remove_fault", "set_firewall"
+]
+
+_STEP_FIELDS: dict[str, tuple[set[str], set[str]]] = {
+    # action: (required fields, optional fields) besides action, at_s and after
+    "start_sending": (set(), {"senders"}),
+    "cutover": ({"router", "rule_set"}, set()),
+    "hold": (set(), set()),
+    "add_fault": ({"link", "fault"}, set()),
+    "update_fault": ({"link", "name"}, {"attributes", "toxicity"}),
+    "remove_fault": ({"link", "name"}, set()),
+    "set_firewall": ({"link"}, {"firewall"}),
+}
 
 
 class Step(_Strict):
     """A timeline step, at a time after the start or after an event."""
 
-    action: Literal["start_sending", "cutover", "hold"] = Field(
+    action: StepAction = Field(
         ..., description="start_sending starts senders; cutover switches a router's rule set; "
-        "hold keeps the site running until the step is due, for real SCUs sending from outside."
+        "hold keeps the site running until the step is due, for real SCUs sending from outside; "
+        "add_fault, update_fault and remove_fault change a link's faults; set_firewall "
+        "replaces a link's firewall (none removes it)."
     )
     at_s: float | None = Field(None, ge=0, description="Seconds after the run starts.")
     after: After | None = None
@@ -108,21 +143,39 @@ class Step(_Strict):
     )
     router: str | None = Field(None, description="cutover: the router whose rule set changes.")
     rule_set: str | None = Field(None, description="cutover: the rule set to switch to.")
+    link: str | None = Field(None, description="Fault and firewall steps: the link's name.")
+    fault: dict[str, Any] | None = Field(
+        None, description="add_fault: name, type, direction, toxicity, attributes, as in a topology link."
+    )
+    name: str | None = Field(None, description="update_fault, remove_fault: the fault's name.")
+    attributes: dict[str, Any] | None = Field(None, description="update_fault: new attributes.")
+    toxicity: float | None = Field(None, ge=0, le=1, description="update_fault: new toxicity.")
+    firewall: dict[str, Any] | None = Field(
+        None, description="set_firewall: the firewall as in a topology link; omitted removes it."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Step:
         if self.at_s is not None and self.after is not None:
             raise ValueError("give at_s or after, not both")
-        if self.action == "cutover" and (self.router is None or self.rule_set is None):
-            raise ValueError("a cutover step needs router and rule_set")
         if self.action == "hold" and self.at_s is None and self.after is None:
             raise ValueError("a hold step needs at_s or after: it keeps the site running until then")
-        if self.action == "cutover" and self.senders is not None:
-            raise ValueError("senders applies only to start_sending steps; remove it")
-        names_cutover = self.router is not None or self.rule_set is not None
-        if self.action == "start_sending" and names_cutover:
-            raise ValueError("router and rule_set apply only to cutover steps; remove them")
+        required, optional = _STEP_FIELDS[self.action]
+        given = {f for f in _STEP_FIELDS_ALL if getattr(self, f) is not None}
+        missing = sorted(required - given)
+        if missing:
+            raise ValueError(f"a {self.action} step needs {' and '.join(missing)}")
+        extra = sorted(given - required - optional)
+        if extra:
+            raise ValueError(
+                f"{', '.join(extra)} {'does' if len(extra) == 1 else 'do'} not apply to "
+                f"{self.action} steps; remove {'it' if len(extra) == 1 else 'them'}"
+            )
         return self
+
+
+_STEP_FIELDS_ALL = {"senders", "router", "rule_set", "link", "fault", "name", "attributes",
+                    "toxicity", "firewall"}
 
 
 class RouteFilter(_Strict):
@@ -192,11 +245,24 @@ class Scenario(_Strict):
     seed: int = 0
     repeat: int = Field(1, ge=1, description="Times the selection is replayed, each with new UIDs.")
     timeout_s: float = Field(600, gt=0, description="Limit for the whole run.")
-    senders: tuple[Sender, ...] = Field(
-        (), description="Modalities the simulator drives; real SCUs outside need a hold step."
-    )
     timeline: tuple[Step, ...] = ()
+    senders: tuple[Sender, ...] = Field(
+        (), validate_default=True,
+        description="Modalities the simulator drives; real SCUs outside need a hold step.",
+    )
     expectations: tuple[Expectation, ...] = ()
+
+    @field_validator("senders")
+    @classmethod
+    def _something_sends(cls, value: tuple[Sender, ...], info: ValidationInfo) -> tuple[Sender, ...]:
+        # timeline is declared before senders, so it is validated first.
+        timeline = info.data.get("timeline", ())
+        if not value and not any(step.action == "hold" for step in timeline):
+            raise ValueError(
+                "at least 1 item is needed, or a hold step that keeps the site running "
+                "for SCUs outside the simulator"
+            )
+        return value
 
     def cross_check(self, topology: Any) -> list[tuple[tuple[str | int, ...], str]]:
         """Return problems between this scenario and a topology as (location, message)."""
@@ -229,6 +295,7 @@ class Scenario(_Strict):
         for i, step in enumerate(self.timeline):
             if step.action == "cutover":
                 problems += _check_cutover(i, step, topology)
+            problems += _check_link_step(i, step, topology)
             for index, name in enumerate(step.senders or ()):
                 if name not in names:
                     problems.append((("timeline", i, "senders", index),
@@ -256,6 +323,51 @@ class Scenario(_Strict):
                                      f"link {link!r} does not exist "
                                      f"(links: {', '.join(sorted(link_names))})"))
         return problems
+
+
+def _check_link_step(index: int, step: Step, topology: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Check a fault or firewall step: the link exists, and the fault or firewall is valid."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    links = sorted(lk.link_name for lk in topology.links)
+    if step.after is not None and step.after.association_on is not None \
+            and step.after.association_on not in links:
+        problems.append((("timeline", index, "after", "association_on"),
+                         f"link {step.after.association_on!r} does not exist (links: {', '.join(links)})"))
+    if step.link is None:
+        return problems
+    if step.link not in links:
+        problems.append((("timeline", index, "link"),
+                         f"link {step.link!r} does not exist (links: {', '.join(links)})"))
+    try:  # TODO: import at the top once simulator.links.faults lands.
+        from simulator.links.faults import FaultSpec, fault_problems
+        from simulator.links.firewall import FirewallSpec
+    except ImportError:  # pragma: no cover
+        return problems
+    if step.fault is not None:
+        try:
+            spec = FaultSpec.model_validate(step.fault)
+        except ValueError as exc:
+            problems.append((("timeline", index, "fault"), f"invalid fault: {_first_error(exc)}"))
+        else:
+            problems += [(("timeline", index, "fault"), p) for p in fault_problems(spec)]
+    if step.firewall is not None:
+        try:
+            FirewallSpec.model_validate(step.firewall)
+        except ValueError as exc:
+            problems.append((("timeline", index, "firewall"),
+                             f"invalid firewall: {_first_error(exc)}"))
+
+    return problems
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc)
+    first = errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
 def _check_cutover(

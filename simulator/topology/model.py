@@ -24,6 +24,15 @@ from pydantic import (
 )
 from pydicom.datadict import keyword_dict
 
+try:  # TODO: remove once simulator.links.faults and firewall land (being written now).
+    from simulator.links.faults import FaultSpec, fault_problems
+    from simulator.links.firewall import FirewallSpec
+except ImportError:  # pragma: no cover
+    FaultSpec = dict  # type: ignore[misc,assignment]
+    FirewallSpec = dict  # type: ignore[misc,assignment]
+
+    def fault_problems(spec: Any) -> list[str]:  # type: ignore[misc]
+        return []
 from simulator.conformance.names import (
     UnknownNameError,
     resolve_sop_class,
@@ -210,6 +219,9 @@ class NodeBase(_Strict):
         None, description="Calling AE titles accepted; null accepts any."
     )
     check_called_ae: bool = True
+    tls: bool = Field(
+        False, description="Speaks DICOM over TLS: an SCP presents a certificate, an SCU starts a TLS handshake."
+    )
     transfer_syntaxes: tuple[TransferSyntaxName, ...] = Field(
         DEFAULT_TRANSFER_SYNTAXES, validate_default=True
     )
@@ -329,8 +341,24 @@ class Link(_Strict):
     called_ae: AETitle | None = Field(
         None, description="AE title the sender calls; defaults to the receiver's own AE title."
     )
+    faults: tuple[FaultSpec, ...] = Field(
+        (), description="Faults active from the start: Toxiproxy toxics and DICOM-level faults."
+    )
+    firewall: FirewallSpec | None = Field(None, description="Firewall-like rules on this link.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("faults")
+    @classmethod
+    def _check_faults(cls, value: tuple[FaultSpec, ...]) -> tuple[FaultSpec, ...]:
+        names = [spec.name for spec in value]
+        for spec in value:
+            if names.count(spec.name) > 1:
+                raise ValueError(f"two faults are named {spec.name!r}; fault names must be unique per link")
+            problems = fault_problems(spec)
+            if problems:
+                raise ValueError(f"fault {spec.name!r}: {'; '.join(problems)}")
+        return value
 
     @property
     def link_name(self) -> str:
