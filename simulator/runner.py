@@ -398,7 +398,8 @@ class Rehearsal:
             modality = self.site.modalities[sender.modality]
             groups = self.groups.get(sender.sender_name, [])
             self._sender_tasks.append(group.create_task(
-                asyncio.to_thread(modality.send, groups, sender.concurrency, sender.release),
+                asyncio.to_thread(modality.send, groups, sender.concurrency, sender.release,
+                                  sender.pause_between_s),
                 name=f"sender-{sender.sender_name}",
             ))
 

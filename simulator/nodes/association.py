@@ -129,11 +129,13 @@ class AssociationTrace:
             )
 
     def _on_pdu_sent(self, event: Any) -> None:
-        self.last_activity_mono = time.monotonic()
         pdu = event.pdu
         if isinstance(pdu, A_ABORT_RQ):
+            # Not activity: an idle timeout is measured up to the abort it causes.
             self.abort_sent = _abort_fields(pdu.source, pdu.reason_diagnostic)
-        elif isinstance(pdu, A_ASSOCIATE_RJ) and self.role == "acceptor":
+            return
+        self.last_activity_mono = time.monotonic()
+        if isinstance(pdu, A_ASSOCIATE_RJ) and self.role == "acceptor":
             self.rejection = rejection_names(
                 pdu.result or 0, pdu.source or 0, pdu.reason_diagnostic or 0
             )
@@ -227,6 +229,13 @@ class AssociationTrace:
 
     def seconds_since_activity(self) -> float:
         return time.monotonic() - self.last_activity_mono
+
+
+def idle_timer_expired(event: Any) -> bool:
+    """Return True when the association's network (idle) timer has expired."""
+    dul = getattr(event.assoc, "dul", None)
+
+    return bool(dul is not None and dul.idle_timer_expired())
 
 
 def _abort_fields(source: int | None, reason: int | None) -> dict[str, Any]:

@@ -47,17 +47,18 @@ class Modality:
                 self.unsent.add(instance.sop_instance_uid)
 
     def send(self, groups: Sequence[Sequence[CorpusInstance]], concurrency: int,
-             release: bool = True) -> None:
+             release: bool = True, pause_between_s: float = 0) -> None:
         """Send every group on its own association, ``concurrency`` associations at once."""
         self.recorder.emit("sender.started", groups=len(groups),
                            instances=sum(len(g) for g in groups), concurrency=concurrency)
         with ThreadPoolExecutor(max_workers=concurrency,
                                 thread_name_prefix=f"send-{self.declaration.name}") as pool:
-            for _ in pool.map(lambda group: self._send_group(group, release), groups):
+            for _ in pool.map(lambda g: self._send_group(g, release, pause_between_s), groups):
                 pass
         self.recorder.emit("sender.finished", sent=self.sent)
 
-    def _send_group(self, group: Sequence[CorpusInstance], release: bool) -> None:
+    def _send_group(self, group: Sequence[CorpusInstance], release: bool,
+                    pause_between_s: float) -> None:
         items = [Outgoing(i.path, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid)
                  for i in group]
         # A router decides the final destinations when the instance arrives,
@@ -66,7 +67,8 @@ class Modality:
         if direct:
             for instance in group:
                 self._expect(instance.sop_instance_uid, [self.destination.node])
-        outcomes = self.client.store_batch(self.destination, items, release=release)
+        outcomes = self.client.store_batch(self.destination, items, release=release,
+                                           pause_between_s=pause_between_s)
         paths = {i.sop_instance_uid: i.path for i in group}
         for outcome in outcomes:
             self._settle(outcome, paths[outcome.item.sop_instance_uid])

@@ -16,7 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from simulator.nodes.association import AssociationTrace
+from simulator.nodes.association import AssociationTrace, idle_timer_expired
 from simulator.nodes.runtime import NodeServices, add_scp_contexts, configure_ae
 from simulator.recording.failures import Failure, FailureKind, Side, status_category
 from simulator.topology.model import NodeBase
@@ -107,9 +107,14 @@ class StorageSCP:
 
     def _check_network_timeout(self, event: Any) -> None:
         trace = self.trace(event.assoc)
-        if trace.abort_sent is None or not event.assoc.dul.idle_timer_expired():
-            return
         network_s = self.declaration.timeouts.network_s
+        # pynetdicom restarts its idle timer when the A-ABORT goes out, so the
+        # timer alone cannot tell; the idle time before the abort can.
+        idle = idle_timer_expired(event) or (
+            network_s is not None and trace.seconds_since_activity() >= network_s * 0.95
+        )
+        if trace.abort_received is not None or not idle:
+            return
         trace.emit("timeout", timeout_kind="network", timed_out_side="acceptor",
                    timeout_s=network_s, node=self.declaration.name)
         failure = Failure(

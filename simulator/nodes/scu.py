@@ -120,7 +120,7 @@ class StoreClient:
         self.next_assoc_id = next_assoc_id
 
     def store_batch(self, destination: Destination, items: Sequence[Outgoing],
-                    release: bool = True) -> list[StoreOutcome]:
+                    release: bool = True, pause_between_s: float = 0) -> list[StoreOutcome]:
         """Send ``items`` on one association; return an outcome for every item.
 
         With ``release`` false the association stays open afterwards, with no
@@ -158,6 +158,7 @@ class StoreClient:
         assoc = ae.associate(
             destination.host, destination.port, contexts=contexts,
             ae_title=destination.called_ae, evt_handlers=trace.handlers(), tls_args=tls_args,
+            max_pdu=self.declaration.max_pdu,
         )
         if not assoc.is_established:
             failure = self._association_failure(trace, destination, time.monotonic() - started)
@@ -170,7 +171,7 @@ class StoreClient:
             return outcomes + [StoreOutcome(i, None, failure, assoc_id) for i in proposable]
 
         try:
-            outcomes += self._send_all(assoc, trace, destination, proposable)
+            outcomes += self._send_all(assoc, trace, destination, proposable, pause_between_s)
         finally:
             if release or not assoc.is_established:
                 if assoc.is_established:
@@ -191,10 +192,12 @@ class StoreClient:
         self.held_open.clear()
 
     def _send_all(self, assoc: Any, trace: AssociationTrace, destination: Destination,
-                  items: Sequence[Outgoing]) -> list[StoreOutcome]:
+                  items: Sequence[Outgoing], pause_between_s: float = 0) -> list[StoreOutcome]:
         outcomes: list[StoreOutcome] = []
         accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
         for index, item in enumerate(items):
+            if index and pause_between_s:
+                time.sleep(pause_between_s)
             if not assoc.is_established:
                 failure = self._broken_association(trace, destination, None)
                 outcomes += [StoreOutcome(i, None, failure, trace.assoc_id) for i in items[index:]]
@@ -303,10 +306,13 @@ class StoreClient:
         link_note = self.registry.link_failure(trace.local_port)
         if trace.rejection is not None:
             permanent = trace.rejection.get("result") == 1
+            detail = dict(trace.rejection)
+            # Source 3 (presentation) reasons are the acceptor's capacity, not a peer that is down.
+            detail["category"] = "capacity" if detail.get("source") == 3 else "configuration"
             return Failure(FailureKind.ASSOCIATION_REJECTED, link, Side.ACCEPTOR, permanent,
                            f"A-ASSOCIATE-RJ {trace.rejection.get('result')}/"
                            f"{trace.rejection.get('source')}/{trace.rejection.get('reason')}: "
-                           f"{trace.rejection.get('reason_name')}", dict(trace.rejection))
+                           f"{trace.rejection.get('reason_name')}", detail)
         if trace.all_contexts_rejected:
             return Failure(FailureKind.NO_ACCEPTED_CONTEXT, link, Side.ACCEPTOR, True,
                            "A-ASSOCIATE-AC with every presentation context rejected "

@@ -23,6 +23,8 @@ def _matches(row: LedgerRow, flt: RouteFilter) -> bool:
         return False
     if flt.sop_class is not None and row.sop_class_uid not in flt.sop_class:
         return False
+    if flt.transfer_syntax is not None and row.transfer_syntax_uid not in flt.transfer_syntax:
+        return False
     return True
 
 
@@ -92,6 +94,7 @@ def build_summary(rehearsal: Rehearsal, outcome: str, spool_left: list[dict[str,
         if row.failure is not None:
             failures[(str(row.failure.get("failure_kind")), str(row.failure.get("hop")))].append(row)
     integrity = [r for r in rows if r.intact is False]
+    studies = _study_outcomes(rows)
 
     return {
         "format_version": RUN_FORMAT_VERSION,
@@ -106,6 +109,7 @@ def build_summary(rehearsal: Rehearsal, outcome: str, spool_left: list[dict[str,
         "states": dict(states),
         "routes": {k: dict(v) for k, v in sorted(routes.items())},
         "objects": {k: dict(v) for k, v in sorted(by_object.items())},
+        "studies": studies,
         "failures": [
             {"failure_kind": kind, "hop": hop, "count": len(group),
              "side": group[0].failure.get("side") if group[0].failure else None,
@@ -122,6 +126,25 @@ def build_summary(rehearsal: Rehearsal, outcome: str, spool_left: list[dict[str,
         "expectations": [evaluate(e, rows) for e in rehearsal.scenario.expectations],
         "event_listener_errors": rehearsal.recorder.listener_errors,
     }
+
+
+def _study_outcomes(rows: list[LedgerRow]) -> dict[str, dict[str, int]]:
+    """Count studies per destination: delivered, partially delivered (never success), failed."""
+    by_study: dict[tuple[str, str], list[LedgerRow]] = defaultdict(list)
+    for row in rows:
+        by_study[(row.destination, row.study_instance_uid)].append(row)
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    for (destination, _), study_rows in by_study.items():
+        delivered = sum(1 for r in study_rows if r.state == RowState.DELIVERED and r.intact is not False)
+        if delivered == len(study_rows):
+            outcomes[destination]["delivered"] += 1
+        elif delivered:
+            outcomes[destination]["partially-delivered"] += 1
+        else:
+            outcomes[destination]["failed"] += 1
+
+    return {d: {k: c.get(k, 0) for k in ("delivered", "partially-delivered", "failed")}
+            for d, c in sorted(outcomes.items())}
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -145,6 +168,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
     for route, counts in summary["routes"].items():
         lines.append(f"| {route} | {counts.get('delivered', 0)} | {counts.get('failed', 0)} | "
                      f"{counts.get('never-attempted', 0)} |")
+    lines += ["", "## Studies by destination", "",
+              "| destination | delivered | partially delivered | failed |", "|---|---|---|---|"]
+    for destination, counts in summary["studies"].items():
+        lines.append(f"| {destination} | {counts['delivered']} | "
+                     f"{counts['partially-delivered']} | {counts['failed']} |")
     lines += ["", "## Deliveries by SOP class and transfer syntax", "",
               "| SOP class, transfer syntax | delivered | failed | never attempted |",
               "|---|---|---|---|"]

@@ -14,7 +14,11 @@ from pydantic import (
     model_validator,
 )
 
-from simulator.conformance.names import UnknownNameError, resolve_sop_class
+from simulator.conformance.names import (
+    UnknownNameError,
+    resolve_sop_class,
+    resolve_transfer_syntax,
+)
 from simulator.recording.failures import FailureKind
 
 
@@ -26,6 +30,13 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _resolve_transfer_syntax(value: str) -> str:
+    try:
+        return resolve_transfer_syntax(value)
+    except UnknownNameError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def _resolve_sop_class(value: str) -> str:
     try:
         return resolve_sop_class(value)
@@ -35,6 +46,7 @@ def _resolve_sop_class(value: str) -> str:
 
 # Validated one by one, so an error names the index of the bad item.
 SopClassName = Annotated[str, AfterValidator(_resolve_sop_class)]
+TransferSyntaxName = Annotated[str, AfterValidator(_resolve_transfer_syntax)]
 # A single string is shorthand for a list of one.
 _ONE_OR_MORE = str | list[str] | None
 
@@ -72,6 +84,9 @@ class Sender(_Strict):
         "study", description="One association per study, per series, per instance, or per N instances."
     )
     concurrency: int = Field(1, ge=1, description="Associations this modality opens at once.")
+    pause_between_s: float = Field(
+        0, ge=0, description="Idle time between two C-STOREs of one association, in seconds."
+    )
     release: bool = Field(
         True,
         description="false keeps each association open after its last C-STORE, with no "
@@ -184,10 +199,13 @@ class RouteFilter(_Strict):
     source: str | None = Field(None, description="Sending modality node.")
     to: str | None = Field(None, description="Final destination node.")
     sop_class: tuple[SopClassName, ...] | None = None
-
-    _lists = field_validator("sop_class", mode="before", json_schema_input_type=_ONE_OR_MORE)(
-        _as_list
+    transfer_syntax: tuple[TransferSyntaxName, ...] | None = Field(
+        None, description="Transfer syntax of the instance as the source sent it."
     )
+
+    _lists = field_validator(
+        "sop_class", "transfer_syntax", mode="before", json_schema_input_type=_ONE_OR_MORE
+    )(_as_list)
 
 
 class NoFailures(_Strict):

@@ -1,0 +1,178 @@
+"""Field failures reproduced as bundled scenarios; each checks what its run log must record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from simulator.corpus import bundled_corpus
+from simulator.runner import RunOptions, RunResult, run_rehearsal
+from simulator.scenario import load_scenario
+from simulator.topology import load_topology
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _corpus_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REHEARSE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "corpus-cache"))
+
+
+def rehearse(case: str, tmp_path: Path, corpus: Path | None = None) -> RunResult:
+    topology_path = ROOT / "topologies" / "field" / f"{case}.yaml"
+    scenario_path = ROOT / "scenarios" / "field" / f"{case}.yaml"
+    topology = load_topology(topology_path)
+    scenario = load_scenario(scenario_path, topology)
+    options = RunOptions(topology_path, scenario_path, tmp_path / "run", corpus=corpus)
+
+    return run_rehearsal(topology, scenario, options)
+
+
+def one_study_corpus(tmp_path: Path, relpaths: list[str]) -> Path:
+    """Copy bundled files into one study, as a scanner writes classic and enhanced series."""
+    root = tmp_path / "corpus"
+    study_uid = generate_uid()
+    for relpath in relpaths:
+        dataset = dcmread(bundled_corpus() / relpath)
+        dataset.StudyInstanceUID = study_uid
+        target = root / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dataset.save_as(target, enforce_file_format=True)
+    return root
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def events(result: RunResult, kind: str, **fields: Any) -> list[dict[str, Any]]:
+    found = []
+    for event in read_jsonl(result.run_dir / "events.jsonl"):
+        if event["kind"] == kind and all(event.get(k) == v for k, v in fields.items()):
+            found.append(event)
+    return found
+
+
+def ledger(result: RunResult) -> list[dict[str, Any]]:
+    return read_jsonl(result.run_dir / "ledger.jsonl")
+
+
+def test_fc01_called_ae_rejected_never_retried(tmp_path: Path) -> None:
+    """An unrecognized called AE is a permanent 1/1/7 rejection, with no DIMSE and no retry."""
+    result = rehearse("fc01-called-ae", tmp_path)
+
+    assert result.expectations_held
+    rows = ledger(result)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["state"] == "failed"
+        failure = row["failure"]
+        assert failure["failure_kind"] == "association-rejected"
+        assert failure["permanent"] is True
+        assert failure["side"] == "acceptor"
+        assert (failure["detail"]["result"], failure["detail"]["source"],
+                failure["detail"]["reason"]) == (1, 1, 7)
+        assert failure["detail"]["reason_name"] == "called-AE-title-not-recognized"
+    assert {row["failure"]["hop"] for row in rows} == {"modality->archive", "router->archive"}
+    requested = events(result, "association.requested", role="acceptor", node="archive")
+    assert {e["called_ae"] for e in requested} == {"ANY-SCP"}
+    assert not events(result, "dimse.received", node="archive")
+    assert not events(result, "forward.retry")
+    assert len(events(result, "forward.failed", node="router")) == 1
+
+
+def test_fc02_unproposed_transfer_syntax(tmp_path: Path) -> None:
+    """A JPEG 2000 object the sender never proposed fails on its proposal, with nothing on the wire."""
+    result = rehearse("fc02-never-proposed", tmp_path)
+
+    assert result.expectations_held
+    failed = [r for r in ledger(result) if r["state"] == "failed"]
+    assert len(failed) == 1
+    failure = failed[0]["failure"]
+    assert failed[0]["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.90"
+    assert failure["failure_kind"] == "no-accepted-context"
+    assert failure["side"] == "requestor"
+    assert failure["detail"]["cause"] == "proposal"
+    wire_commands = [e for e in events(result, "link.pdu")
+                     if e.get("command") == "C-STORE-RQ"]
+    sent = {e.get("affected_sop_instance_uid") for e in wire_commands}
+    assert failed[0]["sop_instance_uid"] not in sent
+    proposed = events(result, "association.requested", role="requestor")[0]["contexts"]
+    assert "1.2.840.10008.1.2.4.90" not in {ts for cx in proposed for ts in cx["transfer_syntaxes"]}
+
+
+def test_fc03_enhanced_mr_partial_study(tmp_path: Path) -> None:
+    """Enhanced MR is rejected with result 3 while classic MR of the same study is delivered."""
+    corpus = one_study_corpus(
+        tmp_path, ["MR/MR_small.dcm", "MR/MR_small_implicit.dcm", "MR-enhanced/emri_small.dcm"]
+    )
+    result = rehearse("fc03-enhanced-mr", tmp_path, corpus)
+
+    assert result.expectations_held
+    accepted = events(result, "association.accepted", role="requestor")[0]
+    by_class = {cx["sop_class"]: cx for cx in accepted["contexts"]}
+    assert by_class["1.2.840.10008.5.1.4.1.1.4.1"]["result"] == 3
+    assert by_class["1.2.840.10008.5.1.4.1.1.4"]["result"] == 0
+    studies = result.summary["studies"]
+    assert studies["pacs"]["partially-delivered"] == 1
+    assert studies["pacs"]["delivered"] == 0
+
+
+def test_fc07_silent_sender_fills_router(tmp_path: Path) -> None:
+    """Pushes that never release hit the idle timeout, and the eleventh is rejected 2/3/2 for capacity."""
+    result = rehearse("fc07-silent-sender", tmp_path)
+
+    assert result.expectations_held
+    rows = ledger(result)
+    rejected = [r for r in rows if r["failure"] and r["failure"]["failure_kind"] == "association-rejected"]
+    assert len(rejected) == 1
+    detail = rejected[0]["failure"]["detail"]
+    assert (detail["result"], detail["source"], detail["reason"]) == (2, 3, 2)
+    assert detail["reason_name"] == "local-limit-exceeded"
+    assert detail["category"] == "capacity"
+    assert rejected[0]["failure"]["permanent"] is False
+    timeouts = events(result, "timeout", node="router", timeout_kind="network")
+    assert len(timeouts) == 10
+    aborted = events(result, "association.aborted", node="router", initiated_by="local")
+    assert len(aborted) == 10
+    closed = {e["assoc_id"] for e in events(result, "link.connection_closed", link="scanner->router")}
+    assert {t["assoc_id"] for t in timeouts} <= closed
+
+
+def test_fc08_statuses_not_collapsed(tmp_path: Path) -> None:
+    """Each instance keeps its own status: 0xA900 with comment and offending element, and 0x0000."""
+    result = rehearse("fc08-status-codes", tmp_path)
+
+    responses = events(result, "dimse.response", node="ct")
+    statuses = {e["sop_instance_uid"]: e for e in responses}
+    assert {e["status"] for e in responses} == {"0x0000", "0xA900"}
+    assert len({e["assoc_id"] for e in responses}) == 1
+    failed = [e for e in statuses.values() if e["status"] == "0xA900"]
+    for response in failed:
+        assert response["status_category"] == "failure"
+        assert response["error_comment"].startswith("Missing")
+        assert response["offending_element"]
+    rows = {r["sop_instance_uid"]: r for r in ledger(result)}
+    for uid, response in statuses.items():
+        assert rows[uid]["status"] == response["status"]
+    assert result.summary["states"]["failed"] == len(failed)
+
+
+def test_fc10_max_pdu_zero_is_unlimited(tmp_path: Path) -> None:
+    """Maximum Length 0 is negotiated and recorded as 0 (unlimited) on both sides, and stores."""
+    result = rehearse("fc10-max-pdu-zero", tmp_path)
+
+    assert result.expectations_held
+    for role in ("requestor", "acceptor"):
+        accepted = events(result, "association.accepted", role=role)[0]
+        assert accepted["max_pdu_requestor"] == 0
+        assert accepted["max_pdu_acceptor"] == 0
+    request = events(result, "link.pdu", pdu="associate_rq")[0]
+    assert request["user_information"]["max_length"] == 0
+    response = events(result, "dimse.response", node="sender")[0]
+    assert response["status"] == "0x0000"
