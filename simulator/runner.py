@@ -119,6 +119,7 @@ class Rehearsal:
         self._sender_tasks: list[asyncio.Task[None]] = []
         self._connections_opened: Counter[str] = Counter()
         self._connections_at_last_step: Counter[str] = Counter()
+        self._max_lengths: dict[tuple[str, str], dict[str, Any]] = {}
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._instances: dict[str, InstanceInfo] = {}
@@ -417,8 +418,28 @@ class Rehearsal:
             )
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        if event.get("kind") == "link.connection_opened":
+        kind = event.get("kind")
+        if kind == "link.connection_opened":
             self._connections_opened[str(event.get("link"))] += 1
+        elif kind in ("association.requested", "association.accepted"):
+            self._check_max_length(event)
+
+    def _check_max_length(self, event: dict[str, Any]) -> None:
+        """Record a Maximum Length that changed between what one side declared and the other saw.
+
+        The requestor's value is compared on the A-ASSOCIATE-RQ, the acceptor's on the AC.
+        """
+        field = "max_pdu_requestor" if event["kind"] == "association.requested" else "max_pdu_acceptor"
+        key = (str(event.get("assoc_id")), field)
+        seen = self._max_lengths.setdefault(key, {})
+        seen[str(event.get("role"))] = event.get(field)
+        if len(seen) == 2 and seen["requestor"] != seen["acceptor"]:
+            declaring = "requestor" if field == "max_pdu_requestor" else "acceptor"
+            other = "acceptor" if declaring == "requestor" else "requestor"
+            self.recorder.emit(
+                "association.max_length_substituted", assoc_id=key[0], link=event.get("link"),
+                declared_by=declaring, declared=seen[declaring], received=seen[other],
+            )
 
     def _busy(self) -> bool:
         return any(r.busy() for r in self.site.routers.values())

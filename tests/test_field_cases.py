@@ -176,3 +176,4 @@ def test_fc10_max_pdu_zero_is_unlimited(tmp_path: Path) -> None:
     assert request["user_information"]["max_length"] == 0
     response = events(result, "dimse.response", node="sender")[0]
     assert response["status"] == "0x0000"
+    assert not events(result, "association.max_length_substituted")
