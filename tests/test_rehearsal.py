@@ -293,8 +293,10 @@ def test_ledger_delivered_only_when_stored(cutover: CliRun) -> None:
         if row["state"] == "delivered":
             assert row["delivered_path"] == str(stored)
             assert row["intact"] is True
-            assert dcmread(stored, stop_before_pixels=True).SOPInstanceUID == row["sop_instance_uid"]
-    delivered = {(r["destination"], r["sop_instance_uid"]) for r in rows if r["state"] == "delivered"}
+            header = dcmread(stored, stop_before_pixels=True)
+            assert header.SOPInstanceUID == row["sop_instance_uid"]
+    delivered = {(r["destination"], r["sop_instance_uid"])
+                 for r in rows if r["state"] == "delivered"}
     stored_files = {(path.parent.parent.name, path.stem)
                     for path in (run_dir / "nodes").glob("*/store/*.dcm")}
     assert stored_files == delivered
@@ -388,6 +390,19 @@ def test_corpus_has_names_in_many_scripts(corpus_root: Path) -> None:
     assert "18000101" in secrets
 
 
+def test_leak_check_finds_escaped_names(tmp_path: Path) -> None:
+    """The leak check finds a name that JSON escaped, and ignores digits inside a UID."""
+    for name in ("events.jsonl", "ledger.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"uid": "2.25.1800010112"}) + "\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"note": "山田^太郎"}))
+    (tmp_path / "report.md").write_text("no names here\n")
+
+    found = leaks(run_texts(tmp_path), {"山田^太郎", "18000101"})
+
+    assert "\\u5c71" in (tmp_path / "summary.json").read_text()
+    assert found == [("summary.json", "山田^太郎")]
+
+
 def test_no_patient_data_in_cutover_run(cutover: CliRun, corpus_root: Path) -> None:
     """No corpus patient name, ID or birth date appears in the cutover run's files."""
     assert leaks(run_texts(cutover.files.run_dir), patient_strings(corpus_root)) == []
@@ -407,7 +422,7 @@ def test_no_patient_data_in_charset_run(charsets: RunFiles, corpus_root: Path) -
 
 
 def test_run_dir_keeps_input_copies(cutover: CliRun) -> None:
-    """The run directory holds byte-for-byte copies of the topology and scenario."""
+    """The run directory contains byte-for-byte copies of the topology and scenario."""
     run_dir = cutover.files.run_dir
     assert (run_dir / "topology.yaml").read_bytes() == CUTOVER_TOPOLOGY.read_bytes()
     assert (run_dir / "scenario.yaml").read_bytes() == CUTOVER_SCENARIO.read_bytes()

@@ -83,6 +83,7 @@ class AssociationTrace:
     released: bool = False
     connection_closed_mono: float | None = None
     last_activity_mono: float = field(default_factory=time.monotonic)
+    last_received_mono: float = field(default_factory=time.monotonic)
     negotiated: dict[str, Any] = field(default_factory=dict)
     local_port: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -118,6 +119,7 @@ class AssociationTrace:
 
     def _on_pdu_recv(self, event: Any) -> None:
         self.last_activity_mono = time.monotonic()
+        self.last_received_mono = self.last_activity_mono
         pdu = event.pdu
         if isinstance(pdu, A_ABORT_RQ):
             self.abort_received = _abort_fields(pdu.source, pdu.reason_diagnostic)

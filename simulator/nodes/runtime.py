@@ -34,6 +34,9 @@ def configure_ae(ae: AE, declaration: NodeBase) -> None:
     ae.network_timeout = timeouts.network_s
     ae.connection_timeout = timeouts.connection_s
     ae.maximum_pdu_size = declaration.max_pdu
+    # NOTE: pynetdicom 3.0.4 counts acceptor associations that are still negotiating,
+    # so more than max_associations simultaneous requests can all be rejected (2/3/2)
+    # where a real archive would accept the first max_associations of them.
     ae.maximum_associations = declaration.max_associations
     ae.require_called_aet = declaration.check_called_ae
     ae.require_calling_aet = list(declaration.accept_calling_ae or [])

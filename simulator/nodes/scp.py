@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,9 +110,11 @@ class StorageSCP:
         trace = self.trace(event.assoc)
         network_s = self.declaration.timeouts.network_s
         # pynetdicom restarts its idle timer when the A-ABORT goes out, so the
-        # timer alone cannot tell; the idle time before the abort can.
+        # timer alone cannot tell; the time since the last PDU received can. The
+        # A-ABORT itself may be sent before this runs, so PDUs sent do not count.
         idle = idle_timer_expired(event) or (
-            network_s is not None and trace.seconds_since_activity() >= network_s * 0.95
+            network_s is not None
+            and time.monotonic() - trace.last_received_mono >= network_s * 0.95
         )
         if trace.abort_received is not None or not idle:
             return
