@@ -11,6 +11,7 @@ import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -211,6 +212,8 @@ def apply_coercion(dataset: Dataset, coercion: Coercion) -> list[dict[str, Any]]
         else:
             dataset.add_new(tag, dictionary_VR(tag), value)
         changes.append({"action": "set", "tag": _tag_text(tag), "had_value": old is not None})
+    if coercion.reencode_utf8 is not None:
+        changes.append(reencode_utf8(dataset))
     for entry in coercion.remove:
         if entry.startswith("private:"):
             changes += remove_private_block(dataset, entry.removeprefix("private:"))
@@ -221,6 +224,56 @@ def apply_coercion(dataset: Dataset, coercion: Coercion) -> list[dict[str, Any]]
             changes.append({"action": "remove", "tag": _tag_text(tag)})
 
     return changes
+
+
+UTF8_TERM = "ISO_IR 192"
+
+
+def reencode_utf8(dataset: Dataset) -> dict[str, Any]:
+    """Decode every text value with the dataset's character set and mark it UTF-8.
+
+    The file is written with the defined term ``ISO_IR 192``; a router that
+    writes another term patches the file afterwards (:func:`write_character_set_term`).
+    """
+    before = dataset.get("SpecificCharacterSet")
+    dataset.decode()
+    dataset.SpecificCharacterSet = UTF8_TERM
+
+    return {"action": "reencode-utf8", "tag": "(0008,0005)",
+            "from": list(before) if isinstance(before, list | tuple) else before,
+            "to": UTF8_TERM}
+
+
+_SPECIFIC_CHARACTER_SET_EXPLICIT = b"\x08\x00\x05\x00CS"
+_SPECIFIC_CHARACTER_SET_IMPLICIT = b"\x08\x00\x05\x00"
+
+
+def write_character_set_term(path: Path, term: str) -> str:
+    """Replace the value of (0008,0005) in a little endian file written by pydicom.
+
+    pydicom refuses to encode with a term it does not know, so a term such as
+    ``ISO IR 192`` is written over the encoded bytes. Returns the old value.
+    Raises ValueError when the element is not found.
+    """
+    data = bytearray(path.read_bytes())
+    value = term.encode("ascii")
+    if len(value) % 2:
+        value += b" "
+    explicit = data.find(_SPECIFIC_CHARACTER_SET_EXPLICIT)
+    if explicit >= 0:
+        length_at, length_size = explicit + 6, 2
+    else:
+        implicit = data.find(_SPECIFIC_CHARACTER_SET_IMPLICIT, 132)
+        if implicit < 0:
+            raise ValueError(f"{path}: no Specific Character Set (0008,0005) to overwrite")
+        length_at, length_size = implicit + 4, 4
+    old_length = int.from_bytes(data[length_at:length_at + length_size], "little")
+    start = length_at + length_size
+    old = data[start:start + old_length].decode("ascii", errors="replace").strip()
+    data[length_at:start + old_length] = len(value).to_bytes(length_size, "little") + value
+    path.write_bytes(bytes(data))
+
+    return old
 
 
 def remove_private_block(dataset: Dataset, creator: str) -> list[dict[str, Any]]:

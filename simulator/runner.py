@@ -524,6 +524,8 @@ class Rehearsal:
                     tags.add(f"({tag.group:04X},{tag.element:04X})")
                 if any(k.startswith("private:") for k in rule.coerce.remove):
                     kept = kept or set()
+                if rule.coerce.reencode_utf8 is not None:
+                    tags.add("(0008,0005)")
             if decl.private_tags == "drop":
                 dropped = True
             elif decl.private_tags != "keep":

@@ -177,3 +177,32 @@ def test_fc10_max_pdu_zero_is_unlimited(tmp_path: Path) -> None:
     response = events(result, "dimse.response", node="sender")[0]
     assert response["status"] == "0x0000"
     assert not events(result, "association.max_length_substituted")
+
+
+def test_fc09_invalid_character_set_term(tmp_path: Path) -> None:
+    """A router that writes 'ISO IR 192' is caught on its hop; strict and lenient PACS differ."""
+    result = rehearse("fc09-charset-term", tmp_path)
+
+    assert result.expectations_held
+    coerced = events(result, "router.coerced", node="router")
+    assert len(coerced) == 8
+    for event in coerced:
+        written = [c for c in event["changes"] if c["action"] == "write-term"]
+        assert written == [{"action": "write-term", "tag": "(0008,0005)", "to": "ISO IR 192"}]
+    rows = ledger(result)
+    strict = [r for r in rows if r["destination"] == "strict-pacs"]
+    lenient = [r for r in rows if r["destination"] == "lenient-pacs"]
+    assert len(strict) == len(lenient) == 4
+    for row in strict:
+        assert row["state"] == "failed"
+        assert row["status"] == "0xA900"
+        assert row["failure"]["hop"] == "router->strict-pacs"
+        assert row["failure"]["detail"]["error_comment"] == "Unknown Specific Character Set 'ISO IR 192'"
+        assert row["failure"]["detail"]["offending_element"] == ["(0008,0005)"]
+    for row in lenient:
+        assert row["state"] == "delivered"
+        assert row["status"] == "0xB007"
+        assert row["failure"]["failure_kind"] == "dimse-warning"
+        assert row["integrity"]["character_set"]["stored"] == ["ISO IR 192"]
+        assert row["integrity"]["changed"] == ["(0008,0005) SpecificCharacterSet"]
+        assert not row["integrity"].get("person_names_changed")

@@ -90,7 +90,7 @@ class Modality:
         if outcome.succeeded and outcome.status is not None:
             if direct:
                 self.services.ledger.delivered(uid, self.destination.node, self.destination.link,
-                                               outcome.status)
+                                               outcome.status, warning=outcome.failure)
             return
         if outcome.failure is None:
             return

@@ -24,11 +24,13 @@ from simulator.nodes.scp import Received, StorageSCP
 from simulator.nodes.scu import Destination, Outgoing, StoreClient
 from simulator.recording.failures import Failure, FailureKind, Side
 from simulator.routing import (
+    UTF8_TERM,
     RouteContext,
     apply_coercion,
     private_creators,
     remove_private_block,
     route,
+    write_character_set_term,
 )
 from simulator.topology.model import Coercion, RouterNode
 
@@ -207,7 +209,7 @@ class Router:
         if outcome.succeeded:
             if destination.node in self.final_nodes:
                 self.services.ledger.delivered(uid, destination.node, destination.link,
-                                               outcome.status)
+                                               outcome.status, warning=outcome.failure)
             self._confirm(uid, destination.node)
             return
         failure: Failure = outcome.failure
@@ -245,7 +247,7 @@ class Router:
         """Apply coercions and the private tag policy; return the file to send."""
         received = job.received
         policy = self.declaration.private_tags
-        needs_change = bool(job.coercions) and any(c.set or c.remove for c in job.coercions)
+        needs_change = any(c.set or c.remove or c.reencode_utf8 for c in job.coercions)
         if not needs_change and policy == "keep":
             return Outgoing(received.path, received.sop_class_uid, received.sop_instance_uid,
                             received.transfer_syntax_uid)
@@ -259,6 +261,11 @@ class Router:
         out_dir.mkdir(parents=True, exist_ok=True)
         out_path = out_dir / f"{received.sop_instance_uid}.dcm"
         dataset.save_as(out_path, enforce_file_format=True)
+        for coercion in job.coercions:
+            term = coercion.reencode_utf8
+            if term is not None and term != UTF8_TERM:
+                write_character_set_term(out_path, term)
+                changes.append({"action": "write-term", "tag": "(0008,0005)", "to": term})
         self.recorder.emit("router.coerced", sop_instance_uid=received.sop_instance_uid,
                            destination=job.destination, changes=changes)
 

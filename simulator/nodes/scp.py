@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
 from pynetdicom import AE, evt
@@ -26,6 +27,17 @@ STATUS_SUCCESS = 0x0000
 STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_WARNING_DOES_NOT_MATCH_SOP_CLASS = 0xB007
+
+
+def _unknown_character_set_terms(dataset: Dataset) -> list[str]:
+    """Return the Specific Character Set values that are not PS3.3 C.12.1.1.2 defined terms."""
+    value = dataset.get("SpecificCharacterSet")
+    if value is None:
+        return []
+    terms = [value] if isinstance(value, str) else list(value)
+
+    return [str(t) for t in terms if str(t) not in python_encoding]
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,7 @@ class StorageSCP:
             "size_bytes": size, "calling_ae": event.assoc.requestor.ae_title,
         }
         trace.emit("dimse.received", **fields)
-        if status == STATUS_SUCCESS:
+        if status_category(status) in ("success", "warning"):
             final = self.store_dir / f"{sop_instance_uid}.dcm"
             shutil.move(str(temp_path), final)
             trace.emit("instance.stored", sop_instance_uid=sop_instance_uid, path=str(final),
@@ -168,24 +180,38 @@ class StorageSCP:
         return response
 
     def _validate(self, path: Path) -> tuple[int, dict[str, Any]]:
-        """Check the attributes this node requires, as a validating archive does."""
-        if not self.required_keywords:
+        """Check what this node's declaration validates, as a validating archive does."""
+        charset_check = getattr(self.declaration, "character_set_check", "off")
+        if not self.required_keywords and charset_check == "off":
             return STATUS_SUCCESS, {}
         try:
             dataset = dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - any decode error is the peer's data
             return STATUS_CANNOT_UNDERSTAND, {"error_comment": f"cannot decode: {exc}"[:64]}
+        unknown = _unknown_character_set_terms(dataset) if charset_check != "off" else []
+        if unknown and charset_check == "reject":
+            return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, _offending(
+                f"Unknown Specific Character Set {unknown[0]!r}", [0x00080005])
         missing = [kw for kw in self.required_keywords
                    if kw not in dataset or dataset.data_element(kw).is_empty]
-        if not missing:
-            return STATUS_SUCCESS, {}
-        tags = [tag_for_keyword(kw) for kw in missing]
+        if missing:
+            tags = [t for t in (tag_for_keyword(kw) for kw in missing) if t]
+            return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, _offending(
+                f"Missing {', '.join(missing)}", tags)
+        if unknown:
+            return STATUS_WARNING_DOES_NOT_MATCH_SOP_CLASS, _offending(
+                f"Unknown Specific Character Set {unknown[0]!r}", [0x00080005])
 
-        return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, {
-            "error_comment": f"Missing {', '.join(missing)}"[:64],
-            "offending_element": [f"({t >> 16:04X},{t & 0xFFFF:04X})" for t in tags if t],
-            "offending_element_tags": [t for t in tags if t],
-        }
+        return STATUS_SUCCESS, {}
+
+
+def _offending(comment: str, tags: list[int]) -> dict[str, Any]:
+    # Error Comment is LO: 64 characters at most.
+    return {
+        "error_comment": comment[:64],
+        "offending_element": [f"({t >> 16:04X},{t & 0xFFFF:04X})" for t in tags],
+        "offending_element_tags": tags,
+    }
 
 
 _TRACE_EVENTS = [

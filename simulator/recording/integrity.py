@@ -42,6 +42,8 @@ class Comparison:
     pixel_data: str = "not-present"
     transfer_syntax_changed: bool = False
     character_set: dict[str, Any] = field(default_factory=dict)
+    person_names_changed: list[str] = field(default_factory=list)
+    private_vr_changed: list[str] = field(default_factory=list)
     unexplained: list[str] = field(default_factory=list)
 
     def as_record(self) -> dict[str, Any]:
@@ -85,7 +87,8 @@ def compare(source: Path, stored: Path, explained: Explained) -> Comparison:
     tags_a = {e.tag for e in a if e.tag != PIXEL_DATA}
     tags_b = {e.tag for e in b if e.tag != PIXEL_DATA}
     for tag in sorted(tags_a & tags_b):
-        if a[tag].value != b[tag].value:
+        # Person names are compared decoded, below: their bytes change with the character set.
+        if a[tag].VR != "PN" and a[tag].value != b[tag].value:
             result.changed.append(_label(a[tag]))
     result.removed = [_label(a[t]) for t in sorted(tags_a - tags_b)]
     result.added = [_label(b[t]) for t in sorted(tags_b - tags_a)]
@@ -95,13 +98,35 @@ def compare(source: Path, stored: Path, explained: Explained) -> Comparison:
     result.pixel_data = _compare_pixels(a, b, source, stored, result.transfer_syntax_changed)
     if "SpecificCharacterSet" in a or "SpecificCharacterSet" in b:
         result.character_set = {
-            "source": a.get("SpecificCharacterSet"),
-            "stored": b.get("SpecificCharacterSet"),
-            "patient_name_equal": str(a.get("PatientName", "")) == str(b.get("PatientName", "")),
+            "source": _terms(a.get("SpecificCharacterSet")),
+            "stored": _terms(b.get("SpecificCharacterSet")),
         }
+    # Names are compared decoded, each with its own file's character set; only
+    # the tags of names that differ are kept, never the names.
+    result.person_names_changed = [
+        _tag_text(tag) for tag in sorted(tags_a & tags_b)
+        if a[tag].VR == "PN" and _decoded(a, tag) != _decoded(b, tag)
+    ]
+    result.private_vr_changed = [
+        f"{_tag_text(tag)} {a[tag].VR}->{b[tag].VR}" for tag in sorted(tags_a & tags_b)
+        if tag.is_private and a[tag].VR != b[tag].VR
+    ]
     result.unexplained = _unexplained(result, explained)
 
     return result
+
+
+def _terms(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _decoded(dataset: Dataset, tag: BaseTag) -> str:
+    try:
+        return str(dataset[tag].value)
+    except (LookupError, ValueError, UnicodeError):  # an unknown term can fail to decode
+        return "<undecodable>"
 
 
 def _compare_pixels(a: Dataset, b: Dataset, source: Path, stored: Path, ts_changed: bool) -> str:
@@ -143,8 +168,9 @@ def _unexplained(result: Comparison, explained: Explained) -> list[str]:
         problems.append(f"pixel data {result.pixel_data}")
     if result.transfer_syntax_changed and not explained.transcode:
         problems.append("transfer syntax changed")
-    if result.character_set and not result.character_set["patient_name_equal"] and \
-            "(0010,0010)" not in explained.tags:
-        problems.append("decoded patient name differs")
+    problems += [f"decoded person name {tag} differs" for tag in result.person_names_changed
+                 if tag not in explained.tags]
+    if not explained.transcode:
+        problems += [f"private VR changed {change}" for change in result.private_vr_changed]
 
     return problems

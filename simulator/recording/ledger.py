@@ -109,7 +109,8 @@ class Ledger:
                 row.first_attempt_mono = time.monotonic()
 
     def delivered(self, sop_instance_uid: str, destination: str, hop: str, status: int,
-                  path: str | None = None) -> None:
+                  path: str | None = None, warning: Failure | None = None) -> None:
+        """Mark a row delivered; a warning status is kept in ``failure`` with the state delivered."""
         with self._lock:
             row = self._rows.get((sop_instance_uid, destination))
             if row is None:
@@ -122,7 +123,7 @@ class Ledger:
             row.status = f"0x{status:04X}"
             row.acknowledged = True
             row.delivered_path = path
-            row.failure = None
+            row.failure = None if warning is None else warning.as_record()
             if hop not in row.hops:
                 row.hops.append(hop)
             row.finished_mono = time.monotonic()

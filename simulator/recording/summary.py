@@ -56,7 +56,7 @@ def evaluate(expectation: Expectation, rows: list[LedgerRow]) -> dict[str, Any]:
         return verdict
     if expectation.no_failures is not None:
         spec = expectation.no_failures
-        failed = [r for r in rows if r.failure is not None
+        failed = [r for r in rows if r.failure is not None and r.state != RowState.DELIVERED
                   and (spec.link is None or spec.link in r.hops and r.failure.get("hop") == spec.link)
                   and (spec.node is None or spec.node in (r.source, r.destination))]
         verdict["passed"] = not failed

@@ -171,6 +171,12 @@ class Coercion(_Strict):
 
     set: dict[str, Any] = Field(default_factory=dict)
     remove: tuple[str, ...] = ()
+    reencode_utf8: str | None = Field(
+        None,
+        description="Re-encode every text value to UTF-8 and write this term in Specific "
+        "Character Set (0008,0005). The defined term is 'ISO_IR 192'; routers with a known "
+        "bug write 'ISO IR 192', which strict receivers reject.",
+    )
 
 
 class Rule(_Strict):
@@ -316,6 +322,12 @@ class StorageNode(NodeBase):
         (),
         description="Keywords that must be present and non-empty; a missing one "
         "gets status 0xA900 (dataset does not match SOP class), as validating archives answer.",
+    )
+    character_set_check: Literal["off", "warning", "reject"] = Field(
+        "off",
+        description="What the node does with a Specific Character Set value that is not a "
+        "PS3.3 defined term: off stores it, warning stores it and answers 0xB007, reject "
+        "answers 0xA900.",
     )
 
 
