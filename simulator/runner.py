@@ -24,12 +24,8 @@ from pydicom import dcmread
 from simulator.corpus import Corpus, CorpusInstance, bundled_corpus, group_instances
 from simulator.corpus import MANIFEST_NAME, materialize_repeat
 from simulator.errors import RunError
-try:  # TODO: remove once simulator.links.faults and firewall land (being written now).
-    from simulator.links.faults import FaultSpec, LinkFaults
-    from simulator.links.firewall import Firewall, FirewallSpec
-    _FAULTS = True
-except ImportError:  # pragma: no cover
-    _FAULTS = False
+from simulator.links.faults import FaultSpec, LinkFaults
+from simulator.links.firewall import Firewall, FirewallSpec
 from simulator.links.proxy import LinkProxy
 from simulator.links.registry import AssociationRegistry
 from simulator.nodes.modality import Modality
@@ -278,16 +274,15 @@ class Rehearsal:
         for link in self.topology.links:
             host, port = self.site.ports[link.to_node]
             link_recorder = _bind(self.recorder, link=link.link_name)
-            extra: dict[str, Any] = {}
-            if _FAULTS:
-                faults = LinkFaults(link.link_name, self.seed, link_recorder)
-                for spec in link.faults:
-                    faults.add(spec)
-                extra = {"faults": faults, "source_node": link.from_node,
-                         "firewall": Firewall(link.link_name, link.firewall, link_recorder)}
+            faults = LinkFaults(link.link_name, self.seed, link_recorder)
+            for spec in link.faults:
+                faults.add(spec)
             proxy = LinkProxy(
                 link.link_name, "127.0.0.1" if host in ("localhost", "0.0.0.0") else host, port,
-                link_recorder, self.registry, **extra,
+                link_recorder, self.registry,
+                faults=faults,
+                firewall=Firewall(link.link_name, link.firewall, link_recorder),
+                source_node=link.from_node,
                 listen_port=link.listen_port or 0,
                 # The sender reaches the proxy at once; the proxy's upstream
                 # connect is where the sender's connection timeout applies.

@@ -7,9 +7,13 @@ direction, which turns ACSE PDUs and DIMSE commands into ``link.pdu``
 events. Directions are named as in Toxiproxy: ``upstream`` carries bytes
 from the client to the server, ``downstream`` from the server to the client.
 
-Faults plug in as :class:`Stage` objects, an ordered chain per direction
-that each chunk passes through after the reader has seen it. With no stage
-a chunk goes straight to the socket.
+Faults and the firewall act through :class:`~simulator.links.stages.Stage`
+objects, an ordered chain per direction that each chunk passes through
+after the reader has seen it (see :mod:`simulator.links.stages`). With no
+stage a chunk goes straight to the socket. For each new connection the
+proxy asks its :class:`~simulator.links.faults.LinkFaults` and its
+:class:`~simulator.links.firewall.Firewall` for the stages, and whether
+to refuse the connection at once.
 
 Exceptions: :class:`LinkError`, a :class:`~simulator.errors.SimulatorError`,
 is the root of this package's errors. :class:`LinkStartError` is raised when
@@ -23,29 +27,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
-import socket
-import struct
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from random import Random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from simulator.errors import RunError, SimulatorError
-from simulator.links.pdu import DimseCommand, PDataTF, PDUError, PDUReader, ReaderResult
+from simulator.links.connection import (
+    SINK_SIDES,
+    SOURCE_SIDES,
+    Connection,
+    local_address,
+    set_nodelay,
+)
+from simulator.links.faults import LinkFaults
+from simulator.links.faults.dicom.middlebox_limit import middlebox_fault
+from simulator.links.firewall import Firewall
+from simulator.links.pdu import DimseCommand, PDataTF, PDUError, ReaderResult
+from simulator.links.recording import PDURecording
 from simulator.links.registry import AssociationRegistry
+from simulator.links.stages import (
+    DIRECTIONS,
+    Direction,
+    Forward,
+    Stage,
+    StageChain,
+    StageContext,
+    StageRunner,
+)
 from simulator.recording.failures import Failure, FailureKind, Side
 from simulator.recording.recorder import BoundRecorder
 
 CHUNK_SIZE_BYTES = 256 * 1024
 """Maximum bytes read from a socket at once; also the stream reader's buffer limit."""
 
-Direction = Literal["upstream", "downstream"]
-DIRECTIONS: tuple[Direction, Direction] = ("upstream", "downstream")
-ConnectionSide = Literal["client", "server", "proxy"]
-"""Values of ``closed_by``: the side whose close ended the connection."""
-Forward = Callable[[bytes], Awaitable[None]]
+__all__ = [
+    "CHUNK_SIZE_BYTES",
+    "DIRECTIONS",
+    "Direction",
+    "Forward",
+    "LinkError",
+    "LinkProxy",
+    "LinkStartError",
+    "LinkStats",
+    "Stage",
+    "StageContext",
+]
+
 
 
 class LinkError(SimulatorError):
@@ -56,27 +86,6 @@ class LinkStartError(LinkError, RunError):
     """The proxy could not listen on its host and port."""
 
 
-class Stage:
-    """One fault in the chain of a direction; the base class passes bytes on unchanged.
-
-    A stage receives every chunk in :meth:`process` and passes on what the
-    next stage should see by awaiting ``forward`` zero or more times: once
-    to pass the chunk on, never to drop it, and several times to split it.
-    It may sleep before forwarding to add delay, or call
-    :meth:`StageContext.close` to end the connection. Stage objects belong
-    to the link and serve all its connections, so per-connection state goes
-    in :attr:`StageContext.state`.
-    """
-
-    name = "pass-through"
-
-    async def process(self, chunk: bytes, ctx: StageContext, forward: Forward) -> None:
-        await forward(chunk)
-
-    async def finish(self, ctx: StageContext, forward: Forward) -> None:
-        """Flush held bytes or delay when the source side has closed; runs before the half-close."""
-
-
 @dataclass
 class LinkStats:
     """Totals of one proxy since start. Byte counts are bytes read from the source side."""
@@ -85,134 +94,24 @@ class LinkStats:
     bytes_downstream: int = 0
     connections_total: int = 0
     connections_open: int = 0
+    connections_refused: int = 0
+    """Connections closed at once because of a fault or the firewall."""
     upstream_connect_failures: int = 0
-
-
-@dataclass(eq=False)
-class _Connection:
-    """State of one client connection and its upstream connection."""
-
-    conn_id: int
-    client_reader: asyncio.StreamReader
-    client_writer: asyncio.StreamWriter
-    recorder: BoundRecorder
-    client_port: int
-    server_reader: asyncio.StreamReader | None = None
-    server_writer: asyncio.StreamWriter | None = None
-    upstream_port: int | None = None
-    assoc_id: str | None = None
-    closed_by: ConnectionSide | None = None
-    close_kind: Literal["fin", "reset"] | None = None
-    close_reason: str | None = None
-    pdu_readers: dict[str, PDUReader] = field(default_factory=dict)
-    bytes_read: Counter[str] = field(default_factory=Counter)
-    bytes_written: Counter[str] = field(default_factory=Counter)
-    pdu_counts: dict[str, Counter[str]] = field(default_factory=dict)
-    command_counts: dict[str, Counter[str]] = field(default_factory=dict)
-    contexts: dict[str, StageContext] = field(default_factory=dict)
-
-    def note_close(
-        self, side: ConnectionSide, kind: Literal["fin", "reset"], reason: str | None
-    ) -> None:
-        """Record which side closed first and how; later closes do not change it."""
-        if self.closed_by is None:
-            self.closed_by = side
-            self.close_kind = kind
-            self.close_reason = reason
-
-    def streams(self, direction: Direction) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Return the source and the sink of ``direction``."""
-        assert self.server_reader is not None and self.server_writer is not None
-        if direction == "upstream":
-            return self.client_reader, self.server_writer
-
-        return self.server_reader, self.client_writer
-
-    def writers(self) -> list[asyncio.StreamWriter]:
-        return [w for w in (self.client_writer, self.server_writer) if w is not None]
-
-    def reset(self) -> None:
-        """Reset both sockets, so that each peer gets an RST as the failing peer did."""
-        for writer in self.writers():
-            _reset(writer)
-
-
-class StageContext:
-    """The connection and direction a stage is working on."""
-
-    def __init__(self, link: str, connection: _Connection, direction: Direction) -> None:
-        self.link = link
-        self.direction = direction
-        self.stream_offset = 0
-        """Bytes read in this direction before the current chunk."""
-        self.state: dict[str, Any] = {}
-        """Per-connection, per-direction state of the stages; each stage picks its own keys."""
-        self._connection = connection
-
-    @property
-    def conn_id(self) -> int:
-        return self._connection.conn_id
-
-    @property
-    def assoc_id(self) -> str | None:
-        return self._connection.assoc_id
-
-    @property
-    def recorder(self) -> BoundRecorder:
-        """Recorder bound to the link, the connection and, once known, the association."""
-        return self._connection.recorder
-
-    def close(self, reason: str, reset: bool = False) -> None:
-        """End the connection on both sides, with an RST when ``reset`` is true, else a FIN."""
-        self._connection.note_close("proxy", "reset" if reset else "fin", reason)
-        if reset:
-            self._connection.reset()
-        else:
-            for writer in self._connection.writers():
-                writer.close()
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close a socket with an RST: SO_LINGER on with a zero timeout, then abort."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-def _set_nodelay(writer: asyncio.StreamWriter) -> None:
-    # Nagle's algorithm with delayed ACKs can hold back a small PDU such as A-RELEASE-RQ
-    # for about 40 ms on Linux.
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _local_address(host: str) -> tuple[str, int] | None:
-    """Return the loopback address to bind an upstream socket to, or None for another host.
-
-    A socket bound without SO_REUSEADDR gets a port that no other socket
-    shares, which keeps it a unique key in the association registry.
-    """
-    if host == "localhost":
-        return ("127.0.0.1", 0)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if not address.is_loopback:
-        return None
-
-    return (str(address), 0)
 
 
 class LinkProxy:
     """TCP proxy for one link, recording what the DICOM peers send each other.
 
-    ``connect_timeout_s`` bounds the upstream connect. Events carry ``link``,
-    ``conn_id`` and, once known, ``assoc_id``.
+    ``connect_timeout_s`` bounds the upstream connect. ``faults`` and
+    ``firewall`` default to none; ``source_node`` is the node on the link's
+    ``from`` side, which firewall rules match as ``source``. Events carry
+    ``link``, ``conn_id`` and, once known, ``assoc_id``.
+
+    ``max_pdu_length`` is the proxy's own PDU limit as a middle box, in
+    bytes of PDU-length, None for none. A longer PDU in either direction
+    ends the connection as ``max_pdu_action`` says (``reset`` or ``abort``),
+    recorded as ``link.pdu_over_middlebox_limit``; see
+    :mod:`simulator.links.faults.dicom.middlebox_limit`.
     """
 
     def __init__(
@@ -225,6 +124,11 @@ class LinkProxy:
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
         connect_timeout_s: float = 10.0,
+        faults: LinkFaults | None = None,
+        firewall: Firewall | None = None,
+        source_node: str | None = None,
+        max_pdu_length: int | None = None,
+        max_pdu_action: Literal["reset", "abort"] = "reset",
     ) -> None:
         if connect_timeout_s <= 0:
             raise ValueError(f"link {name}: connect_timeout_s must be > 0, not {connect_timeout_s}")
@@ -237,9 +141,15 @@ class LinkProxy:
         self.registry = registry
         self.stats = LinkStats()
         self._recorder = recorder.bind(link=name)
+        self.faults = faults if faults is not None else LinkFaults(name, 0, recorder)
+        self.firewall = firewall if firewall is not None else Firewall(name, None, recorder)
+        self.source_node = source_node
+        self._middlebox_limit = (
+            None if max_pdu_length is None else middlebox_fault(max_pdu_length, max_pdu_action)
+        )
         self._stages: dict[str, tuple[Stage, ...]] = {direction: () for direction in DIRECTIONS}
         self._conn_ids = itertools.count(1)
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._runner: asyncio.Task[None] | None = None
         self._task_group: asyncio.TaskGroup | None = None
         self._port: int | None = None
@@ -256,7 +166,10 @@ class LinkProxy:
         return self._stages[self._check_direction(direction)]
 
     def set_stages(self, direction: Direction, stages: Sequence[Stage]) -> None:
-        """Replace the fault chain of ``direction``; chunks read from now on use the new chain."""
+        """Replace the link-wide stages of ``direction``, which run before each connection's own.
+
+        Chunks that reach the stages from now on use the new chain, in open connections too.
+        """
         self._stages[self._check_direction(direction)] = tuple(stages)
 
     def _check_direction(self, direction: str) -> str:
@@ -335,7 +248,7 @@ class LinkProxy:
         self, conn_id: int, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
         client_port = client_writer.get_extra_info("peername")[1]
-        connection = _Connection(
+        connection = Connection(
             conn_id, client_reader, client_writer, self._recorder.bind(conn_id=conn_id), client_port
         )
         self.stats.connections_total += 1
@@ -343,7 +256,7 @@ class LinkProxy:
         self._connections.add(connection)
         self.registry.drop_link_failure(client_port)
         try:
-            if await self._connect_upstream(connection):
+            if await self._admit(connection) and await self._connect_upstream(connection):
                 await self._relay(connection)
                 await self._close_gracefully(connection)
         except Exception as exc:  # noqa: BLE001 - one broken connection must not stop the link
@@ -351,23 +264,79 @@ class LinkProxy:
             while isinstance(exc, ExceptionGroup):
                 exc = exc.exceptions[0]
             connection.note_close("proxy", "reset", f"proxy error: {exc!r}")
+            connection.note_abnormal("proxy-error")
             connection.recorder.emit("link.proxy_error", error=type(exc).__name__, detail=str(exc))
             connection.reset()
         finally:
             self._connections.discard(connection)
             self.stats.connections_open -= 1
+            self.faults.forget_connection(conn_id)
+            if connection.firewall is not None:
+                connection.firewall.release()
             self._finish(connection)
 
-    async def _connect_upstream(self, connection: _Connection) -> bool:
+    async def _admit(self, connection: Connection) -> bool:
+        """Draw the faults, ask the firewall and build the chains; close the client if refused."""
+        fault_stages = self.faults.stages_for_connection(connection.conn_id)
+        stages = [stage for direction in DIRECTIONS for stage in fault_stages[direction]]
+        refusing = [stage for stage in stages if stage.refuses_connection]
+        if refusing:
+            connection.recorder.emit(
+                "link.connection_refused_by_fault",
+                fault=refusing[0].name,
+                client_port=connection.client_port,
+            )
+            return self._refuse(connection)
+
+        recorder = connection.recorder
+        assoc_id = self.registry.lookup(connection.client_port)
+        if assoc_id is not None:
+            recorder = recorder.bind(assoc_id=assoc_id)
+        guard = self.firewall.open_connection(connection.conn_id, self.source_node, recorder)
+        if guard is None:
+            return self._refuse(connection)
+
+        connection.firewall = guard
+        connection.chains = {
+            direction: StageChain([*guard.stages[direction], *fault_stages[direction]])
+            for direction in DIRECTIONS
+        }
+        if self._middlebox_limit is not None:
+            # The stage adds itself to the downstream chain when attached.
+            limit = self._middlebox_limit
+            limit_stage = limit.fault_type.build(limit, Random(0))
+            upstream_stages = connection.chains["upstream"].stages
+            connection.chains["upstream"] = StageChain([limit_stage, *upstream_stages])
+        self.faults.track_connection(connection.conn_id, connection.chains)
+        if guard.verdict is None:
+            connection.inspected_bytes = await guard.inspect(
+                connection.client_reader, CHUNK_SIZE_BYTES
+            )
+            if guard.verdict != "allow":
+                return self._refuse(connection)
+
+        return True
+
+    def _refuse(self, connection: Connection) -> bool:
+        """Close a client connection that is not relayed, with a FIN; return False."""
+        self.stats.connections_refused += 1
+        writer = connection.client_writer
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write_eof()
+        writer.close()
+
+        return False
+
+    async def _connect_upstream(self, connection: Connection) -> bool:
         """Connect to the server; on failure record why and close the client."""
-        _set_nodelay(connection.client_writer)
+        set_nodelay(connection.client_writer)
         error: str | None = None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 reader, writer = await asyncio.open_connection(
                     self.upstream_host,
                     self.upstream_port,
-                    local_addr=_local_address(self.upstream_host),
+                    local_addr=local_address(self.upstream_host),
                     limit=CHUNK_SIZE_BYTES,
                 )
         except TimeoutError:
@@ -381,7 +350,7 @@ class LinkProxy:
             connection.client_writer.close()
             return False
 
-        _set_nodelay(writer)
+        set_nodelay(writer)
         connection.server_reader, connection.server_writer = reader, writer
         connection.upstream_port = writer.get_extra_info("sockname")[1]
         if self.registry.lookup(connection.client_port) is not None:
@@ -394,7 +363,7 @@ class LinkProxy:
 
         return True
 
-    def _record_connect_failure(self, connection: _Connection, error: str, detail: str) -> None:
+    def _record_connect_failure(self, connection: Connection, error: str, detail: str) -> None:
         """Emit the failed upstream connect and note it for the client's classification.
 
         The event has an ``assoc_id`` only if the client registered its port
@@ -427,7 +396,7 @@ class LinkProxy:
         )
         self.registry.note_link_failure(connection.client_port, failure)
 
-    def _bind_association(self, connection: _Connection) -> None:
+    def _bind_association(self, connection: Connection) -> None:
         """Find or make the association id and register the upstream port under it."""
         assoc_id = self.registry.lookup(connection.client_port)
         if assoc_id is None:
@@ -437,53 +406,85 @@ class LinkProxy:
         connection.assoc_id = assoc_id
         connection.recorder = connection.recorder.bind(assoc_id=assoc_id)
 
-    async def _relay(self, connection: _Connection) -> None:
+    async def _relay(self, connection: Connection) -> None:
+        recording = PDURecording(lambda kind, **fields: connection.recorder.emit(kind, **fields))
+        connection.recording = recording
+        connection.sender = lambda direction, data, after: self._send_after(
+            connection, direction, data, after
+        )
         for direction in DIRECTIONS:
-            connection.pdu_readers[direction] = PDUReader()
+            connection.pdu_readers[direction] = recording.reader(direction)
             connection.pdu_counts[direction] = Counter()
             connection.command_counts[direction] = Counter()
             connection.contexts[direction] = StageContext(self.name, connection, direction)
+            connection.contexts[direction].chain = connection.chains[direction]
+        upstream, downstream = (connection.contexts[d] for d in DIRECTIONS)
+        upstream.reverse, downstream.reverse = downstream, upstream
         async with asyncio.TaskGroup() as pumps:
+            connection.task_group = pumps
+            for direction in DIRECTIONS:
+                connection.chains[direction].start(connection.contexts[direction])
+            inspected, connection.inspected_bytes = connection.inspected_bytes, b""
+            if inspected and not await self._forward_chunk(connection, "upstream", inspected):
+                return
             for direction in DIRECTIONS:
                 pumps.create_task(
                     self._pump(connection, direction),
                     name=f"link {self.name} conn {connection.conn_id} {direction}",
                 )
 
-    async def _pump(self, connection: _Connection, direction: Direction) -> None:
+    async def _pump(self, connection: Connection, direction: Direction) -> None:
         """Forward one direction until its source closes, then half-close its sink."""
-        source, sink = connection.streams(direction)
-        source_side: ConnectionSide = "client" if direction == "upstream" else "server"
-        sink_side: ConnectionSide = "server" if direction == "upstream" else "client"
-        reader = connection.pdu_readers[direction]
-        while True:
-            try:
-                chunk = await source.read(CHUNK_SIZE_BYTES)
-            except OSError as exc:
-                self._on_reset(connection, source_side, exc)
-                return
-            if not chunk:
-                connection.note_close(source_side, "fin", None)
-                await self._half_close(connection, direction, sink)
-                return
+        source = connection.streams(direction)[0]
+        eof_queued = False
+        try:
+            while direction not in connection.paused:
+                try:
+                    chunk = await source.read(CHUNK_SIZE_BYTES)
+                except OSError as exc:
+                    connection.on_reset(SOURCE_SIDES[direction], exc)
+                    return
+                if not chunk:
+                    connection.note_close(SOURCE_SIDES[direction], "fin", None)
+                    eof_queued = self._end_direction(connection, direction)
+                    return
+                if not await self._forward_chunk(connection, direction, chunk):
+                    return
 
-            if connection.assoc_id is None:
-                self._bind_association(connection)
-            connection.bytes_read[direction] += len(chunk)
-            self._count_stats(direction, len(chunk))
-            if not reader.stopped:
-                self._record(connection, direction, reader.feed(chunk))
-            try:
-                stages = self._stages[direction]
-                if stages:
-                    await self._run_stages(connection, direction, sink, stages, chunk)
-                else:
-                    sink.write(chunk)
-                    connection.bytes_written[direction] += len(chunk)
-                    await sink.drain()
-            except OSError as exc:
-                self._on_reset(connection, sink_side, exc)
-                return
+            # The firewall stopped reading this direction; the connection ends with the other one.
+            await connection.wake_paused.wait()
+        finally:
+            connection.wake_paused.set()
+            runner = connection.runners.get(direction)
+            if runner is not None and not eof_queued:
+                runner.stop()
+
+    async def _forward_chunk(
+        self, connection: Connection, direction: Direction, chunk: bytes
+    ) -> bool:
+        """Record a chunk read from the source and pass it on; return False if the sink failed."""
+        if connection.assoc_id is None:
+            self._bind_association(connection)
+        connection.bytes_read[direction] += len(chunk)
+        self._count_stats(direction, len(chunk))
+        reader = connection.pdu_readers[direction]
+        if not reader.stopped:
+            self._record(connection, direction, reader.feed(chunk))
+        runner = self._stage_runner(connection, direction)
+        if runner is not None:
+            await runner.put(chunk, connection.bytes_read[direction] - len(chunk))
+            return True
+
+        sink = connection.streams(direction)[1]
+        try:
+            sink.write(chunk)
+            connection.bytes_written[direction] += len(chunk)
+            await sink.drain()
+        except OSError as exc:
+            connection.on_reset(SINK_SIDES[direction], exc)
+            return False
+
+        return True
 
     def _count_stats(self, direction: Direction, byte_count: int) -> None:
         if direction == "upstream":
@@ -491,62 +492,36 @@ class LinkProxy:
         else:
             self.stats.bytes_downstream += byte_count
 
-    async def _run_stages(
-        self,
-        connection: _Connection,
-        direction: Direction,
-        sink: asyncio.StreamWriter,
-        stages: tuple[Stage, ...],
-        chunk: bytes,
+    def _stage_runner(self, connection: Connection, direction: Direction) -> StageRunner | None:
+        name = f"link {self.name} conn {connection.conn_id} {direction} stages"
+
+        return connection.stage_runner(direction, self._stages, name)
+
+    async def _send_after(
+        self, connection: Connection, direction: Direction, data: bytes, after: Stage
     ) -> None:
-        ctx = connection.contexts[direction]
-        ctx.stream_offset = connection.bytes_read[direction] - len(chunk)
-        await self._stage_forward(connection, direction, sink, stages, 0)(chunk)
+        """Pass bytes that the stage ``after`` adds through the rest of the chain of ``direction``."""
+        runner = self._stage_runner(connection, direction)
+        if runner is not None:
+            await runner.send_after(after, data)
 
-    def _stage_forward(
-        self,
-        connection: _Connection,
-        direction: Direction,
-        sink: asyncio.StreamWriter,
-        stages: tuple[Stage, ...],
-        index: int,
-    ) -> Forward:
-        """Return the callable that hands a chunk to stage ``index``, or to the socket after the last."""
-        ctx = connection.contexts[direction]
+    def _end_direction(self, connection: Connection, direction: Direction) -> bool:
+        """Pass on the end of a direction; return True if it went to the stage runner."""
+        runner = self._stage_runner(connection, direction)
+        if runner is not None:
+            runner.put_eof()
+            return True
 
-        async def forward(piece: bytes) -> None:
-            if index < len(stages):
-                next_forward = self._stage_forward(connection, direction, sink, stages, index + 1)
-                await stages[index].process(piece, ctx, next_forward)
-            elif connection.closed_by != "proxy":
-                sink.write(piece)
-                connection.bytes_written[direction] += len(piece)
-                await sink.drain()
+        connection.write_eof(connection.streams(direction)[1])
 
-        return forward
-
-    async def _half_close(
-        self, connection: _Connection, direction: Direction, sink: asyncio.StreamWriter
-    ) -> None:
-        stages = self._stages[direction]
-        ctx = connection.contexts[direction]
-        for index, stage in enumerate(stages):
-            await stage.finish(
-                ctx, self._stage_forward(connection, direction, sink, stages, index + 1)
-            )
-        # The sink may already be closed after a reset or a stage's close().
-        with contextlib.suppress(OSError, RuntimeError):
-            if sink.can_write_eof() and not sink.transport.is_closing():
-                sink.write_eof()
-
-    def _on_reset(self, connection: _Connection, side: ConnectionSide, exc: OSError) -> None:
-        connection.note_close(side, "reset", f"{type(exc).__name__}: {exc}")
-        connection.reset()
+        return False
 
     def _record(
-        self, connection: _Connection, direction: Direction, results: list[ReaderResult]
+        self, connection: Connection, direction: Direction, results: list[ReaderResult]
     ) -> None:
         for result in results:
+            if connection.recording is not None:
+                connection.recording.observe(direction, result)
             if isinstance(result, PDUError):
                 connection.recorder.emit(
                     "link.pdu_error", direction=direction, **result.to_fields()
@@ -559,7 +534,7 @@ class LinkProxy:
                 if not isinstance(result, PDataTF):
                     connection.recorder.emit("link.pdu", direction=direction, **result.to_fields())
 
-    async def _close_gracefully(self, connection: _Connection) -> None:
+    async def _close_gracefully(self, connection: Connection) -> None:
         """Close both sockets after a clean end, letting buffered bytes go out first."""
         for writer in connection.writers():
             writer.close()
@@ -567,8 +542,10 @@ class LinkProxy:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    def _finish(self, connection: _Connection) -> None:
+    def _finish(self, connection: Connection) -> None:
         """Abort what is still open, forget the ports and record the close."""
+        for context in connection.contexts.values():
+            context.cancel_timers()
         for writer in connection.writers():
             if not writer.transport.is_closing():
                 writer.transport.abort()
@@ -579,6 +556,9 @@ class LinkProxy:
         if connection.server_writer is None:
             return
 
+        summary: dict[str, object] = {}
+        if connection.recording is not None:
+            summary = connection.recording.finish(connection.close_kind)
         connection.recorder.emit(
             "link.connection_closed",
             client_port=connection.client_port,
@@ -590,4 +570,5 @@ class LinkProxy:
             bytes_written={d: connection.bytes_written[d] for d in DIRECTIONS},
             pdus={direction: dict(counts) for direction, counts in connection.pdu_counts.items()},
             commands={d: dict(counts) for d, counts in connection.command_counts.items()},
+            **summary,
         )

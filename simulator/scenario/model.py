@@ -356,11 +356,9 @@ def _check_link_step(index: int, step: Step, topology: Any) -> list[tuple[tuple[
     if step.link not in links:
         problems.append((("timeline", index, "link"),
                          f"link {step.link!r} does not exist (links: {', '.join(links)})"))
-    try:  # TODO: import at the top once simulator.links.faults lands.
-        from simulator.links.faults import FaultSpec, fault_problems
-        from simulator.links.firewall import FirewallSpec
-    except ImportError:  # pragma: no cover
-        return problems
+    from simulator.links.faults import FaultSpec, fault_problems
+    from simulator.links.firewall import FirewallSpec
+
     if step.fault is not None:
         try:
             spec = FaultSpec.model_validate(step.fault)

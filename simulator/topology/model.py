@@ -24,15 +24,8 @@ from pydantic import (
 )
 from pydicom.datadict import keyword_dict
 
-try:  # TODO: remove once simulator.links.faults and firewall land (being written now).
-    from simulator.links.faults import FaultSpec, fault_problems
-    from simulator.links.firewall import FirewallSpec
-except ImportError:  # pragma: no cover
-    FaultSpec = dict  # type: ignore[misc,assignment]
-    FirewallSpec = dict  # type: ignore[misc,assignment]
-
-    def fault_problems(spec: Any) -> list[str]:  # type: ignore[misc]
-        return []
+from simulator.links.faults import FaultSpec, fault_problems
+from simulator.links.firewall import FirewallSpec
 from simulator.conformance.names import (
     UnknownNameError,
     resolve_sop_class,
