@@ -265,6 +265,7 @@ class Rehearsal:
             destinations[link.from_node][link.to_node] = Destination(
                 node=link.to_node, link=link.link_name, host="127.0.0.1", port=0,
                 called_ae=link.called_ae or nodes[link.to_node].ae_title,
+                tls=nodes[link.to_node].tls,
             )
         for name, decl in routers.items():
             router = Router(decl, self._services(name), destinations[name], self._final_nodes)
@@ -294,7 +295,7 @@ class Rehearsal:
                                upstream=[host, port])
             old = destinations[link.from_node][link.to_node]
             destinations[link.from_node][link.to_node] = Destination(
-                old.node, old.link, "127.0.0.1", proxy.port, old.called_ae
+                old.node, old.link, "127.0.0.1", proxy.port, old.called_ae, old.tls
             )
         for name, router in self.site.routers.items():
             router.destinations = destinations[name]

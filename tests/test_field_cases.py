@@ -206,3 +206,48 @@ def test_fc09_invalid_character_set_term(tmp_path: Path) -> None:
         assert row["integrity"]["character_set"]["stored"] == ["ISO IR 192"]
         assert row["integrity"]["changed"] == ["(0008,0005) SpecificCharacterSet"]
         assert not row["integrity"].get("person_names_changed")
+
+
+def test_fc05_middle_box_pdu_limit(tmp_path: Path) -> None:
+    """A middle box smaller than both ends resets on the first oversize PDU; rewriting fixes it."""
+    result = rehearse("fc05-middlebox-pdu", tmp_path)
+
+    assert result.expectations_held
+    plain = [e for e in events(result, "association.accepted", role="requestor")
+             if e["link"] == "modality->pacs"][0]
+    assert plain["max_pdu_requestor"] == 16384
+    assert plain["max_pdu_acceptor"] == 65536
+    over = events(result, "link.pdu_over_middlebox_limit", link="modality->pacs")[0]
+    assert over["limit"] == 8192
+    assert over["length"] > 8192
+    failed = [r for r in ledger(result) if r["source"] == "modality"][0]
+    assert failed["state"] == "failed"
+    assert failed["failure"]["failure_kind"] == "pdu-over-limit"
+    assert failed["failure"]["side"] == "link"
+    assert failed["failure"]["detail"]["fault"] == "middle-box"
+    clamped = [e for e in events(result, "association.accepted", role="acceptor")
+               if e["link"] == "modality-b->pacs"][0]
+    assert clamped["max_pdu_requestor"] == 8192
+    substituted = events(result, "association.max_length_substituted", link="modality-b->pacs")
+    assert {(e["declared_by"], e["declared"], e["received"]) for e in substituted} == {
+        ("requestor", 16384, 8192), ("acceptor", 65536, 8192)}
+    assert not events(result, "link.pdu_over_middlebox_limit", link="modality-b->pacs")
+
+
+def test_fc11_tls_on_one_side(tmp_path: Path) -> None:
+    """TLS against plain TCP is a TLS mismatch in both directions, never a huge PDU."""
+    result = rehearse("fc11-tls-mismatch", tmp_path)
+
+    assert result.expectations_held
+    mismatch = events(result, "link.tls_mismatch", link="tls-sender->plain-pacs")[0]
+    assert mismatch["direction"] == "upstream"
+    assert mismatch["claimed_length"] > 16_000_000
+    assert not events(result, "link.pdu_oversize", link="tls-sender->plain-pacs")
+    rows = {r["source"]: r for r in ledger(result)}
+    forward = rows["tls-sender"]["failure"]
+    assert forward["failure_kind"] == "tls-mismatch"
+    assert forward["side"] == "requestor"
+    reverse = rows["plain-sender"]["failure"]
+    assert reverse["failure_kind"] == "tls-mismatch"
+    assert reverse["side"] == "acceptor"
+    assert reverse["detail"] == {**reverse["detail"], "requestor_tls": False, "acceptor_tls": True}

@@ -17,12 +17,13 @@ import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from simulator.links.firewall import FirewallConnection
 from simulator.links.pdu import PDUReader
 from simulator.links.recording import PDURecording
 from simulator.links.stages import Direction, Forward, Stage, StageChain, StageContext, StageRunner
+from simulator.recording.failures import Failure, FailureKind, Side
 from simulator.recording.recorder import BoundRecorder
 
 ConnectionSide = Literal["client", "server", "proxy"]
@@ -73,6 +74,21 @@ class Connection:
     """Passes bytes that a stage adds into a direction's chain; set once the relay starts."""
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the proxy has reset or closed both sockets."""
+    link: str = ""
+    failure: Failure | None = None
+    """The first failure the link caused on this connection; the client's classification uses it."""
+    failure_sink: Callable[[Failure], None] | None = None
+
+    def note_failure(self, kind: FailureKind, reason: str, side: Side = Side.LINK,
+                     **detail: Any) -> None:
+        """Keep the first failure the link itself caused, and pass it to the proxy's sink."""
+        if self.failure is not None:
+            return
+        permanent = kind in (FailureKind.TLS_MISMATCH, FailureKind.PDU_OVER_LIMIT)
+        self.failure = Failure(kind, self.link or None, side, permanent, reason, detail)
+        self.recorder.emit("link.failure_noted", **self.failure.as_record())
+        if self.failure_sink is not None:
+            self.failure_sink(self.failure)
 
     def note_close(
         self, side: ConnectionSide, kind: Literal["fin", "reset"], reason: str | None
@@ -129,6 +145,11 @@ class Connection:
     def blackhole(self) -> None:
         """Drop all bytes from now on and pass on no FIN, as a firewall that lost its state does."""
         self.blackholed = True
+        self.note_failure(
+            FailureKind.CONNECTION_BLACKHOLED,
+            "the link dropped the connection from its state: bytes vanish and nothing answers, "
+            "so the sender waits for its own timeout",
+        )
 
     def pause_reading(self, direction: Direction) -> None:
         self.paused.add(direction)

@@ -251,6 +251,10 @@ class LinkProxy:
         connection = Connection(
             conn_id, client_reader, client_writer, self._recorder.bind(conn_id=conn_id), client_port
         )
+        connection.link = self.name
+        connection.failure_sink = lambda failure: self.registry.note_link_failure(
+            client_port, failure
+        )
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self._connections.add(connection)
@@ -286,6 +290,10 @@ class LinkProxy:
                 fault=refusing[0].name,
                 client_port=connection.client_port,
             )
+            connection.note_failure(
+                FailureKind.CONNECTION_REFUSED,
+                f"link {self.name} is down (fault {refusing[0].name})", fault=refusing[0].name,
+            )
             return self._refuse(connection)
 
         recorder = connection.recorder
@@ -294,6 +302,10 @@ class LinkProxy:
             recorder = recorder.bind(assoc_id=assoc_id)
         guard = self.firewall.open_connection(connection.conn_id, self.source_node, recorder)
         if guard is None:
+            connection.note_failure(
+                FailureKind.CONNECTION_CLOSED,
+                f"the firewall on link {self.name} denied the connection", cause="firewall-denied",
+            )
             return self._refuse(connection)
 
         connection.firewall = guard
@@ -313,6 +325,11 @@ class LinkProxy:
                 connection.client_reader, CHUNK_SIZE_BYTES
             )
             if guard.verdict != "allow":
+                connection.note_failure(
+                    FailureKind.CONNECTION_CLOSED,
+                    f"the firewall on link {self.name} denied the association by its AE titles",
+                    cause="firewall-denied",
+                )
                 return self._refuse(connection)
 
         return True
@@ -407,7 +424,10 @@ class LinkProxy:
         connection.recorder = connection.recorder.bind(assoc_id=assoc_id)
 
     async def _relay(self, connection: Connection) -> None:
-        recording = PDURecording(lambda kind, **fields: connection.recorder.emit(kind, **fields))
+        recording = PDURecording(
+            lambda kind, **fields: connection.recorder.emit(kind, **fields),
+            note_failure=connection.note_failure,
+        )
         connection.recording = recording
         connection.sender = lambda direction, data, after: self._send_after(
             connection, direction, data, after

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from simulator.recording.failures import FailureKind, Side
 from simulator.links.pdu import (
     Abort,
     AssociateAC,
@@ -114,8 +115,9 @@ class PDURecording:
     the proxy calls it from one event loop.
     """
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, note_failure: Callable[..., None] | None = None) -> None:
         self._emit = emit
+        self._note_failure = note_failure
         self._directions = {
             "upstream": _DirectionRecord(),
             "downstream": _DirectionRecord(),
@@ -211,6 +213,13 @@ class PDURecording:
 
         self._directions[direction].oversize += 1
         self.note_abnormal("oversize")
+        if self._note_failure is not None:
+            sender = Side.REQUESTOR if direction == "upstream" else Side.ACCEPTOR
+            self._note_failure(
+                FailureKind.PDU_OVER_LIMIT,
+                f"a {header.length}-byte PDU exceeds the {limit} bytes the receiver advertised",
+                sender, length=header.length, limit=limit, direction=direction,
+            )
         self._emit(
             "link.pdu_oversize",
             direction=direction,
@@ -224,6 +233,16 @@ class PDURecording:
     def _observe_error(self, direction: RecordedDirection, error: PDUError) -> None:
         if error.kind in ("tls-handshake", "tls-alert"):
             self.note_abnormal("tls-mismatch")
+            if self._note_failure is not None:
+                # A ClientHello going upstream: the requestor speaks TLS to a plain port.
+                # A TLS record coming downstream: the acceptor expects TLS.
+                side = Side.REQUESTOR if direction == "upstream" else Side.ACCEPTOR
+                self._note_failure(
+                    FailureKind.TLS_MISMATCH,
+                    "TLS on one side and plain DICOM on the other: a TLS record arrived where "
+                    f"a PDU should start (it would read as a PDU of {error.claimed_length} bytes)",
+                    side, claimed_length=error.claimed_length, direction=direction,
+                )
             self._emit(
                 "link.tls_mismatch",
                 direction=direction,

@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, Protocol
 
+from simulator.recording.failures import FailureKind, Side
 from simulator.recording.recorder import BoundRecorder
 
 Direction = Literal["upstream", "downstream"]
@@ -51,6 +52,8 @@ class ConnectionControl(Protocol):
     async def send(self, direction: Direction, data: bytes, after: Stage) -> None: ...
 
     def note_abnormal(self, reason: str) -> None: ...
+
+    def note_failure(self, kind: FailureKind, reason: str, side: Side = ..., **detail: Any) -> None: ...
 
     async def wait_ended(self) -> None: ...
 
@@ -123,6 +126,11 @@ class StageContext:
 
     def close(self, reason: str, reset: bool = False) -> None:
         """End the connection on both sides, with an RST when ``reset`` is true, else a FIN."""
+        # A stage that ends the connection is the cause of whatever the client sees next.
+        self._connection.note_failure(
+            FailureKind.CONNECTION_RESET if reset else FailureKind.CONNECTION_CLOSED,
+            reason, direction=self.direction,
+        )
         self._connection.close(reason, reset)
 
     def blackhole(self) -> None:
@@ -137,6 +145,11 @@ class StageContext:
         stages of this direction are not in the middle of a message.
         """
         await self._connection.send(self.direction, data, after)
+
+    def note_failure(self, kind: FailureKind, reason: str, side: Side = Side.LINK,
+                     **detail: Any) -> None:
+        """Record the failure this link causes on the connection (the first one is kept)."""
+        self._connection.note_failure(kind, reason, side, direction=self.direction, **detail)
 
     def note_abnormal(self, reason: str) -> None:
         """Mark the connection as ending abnormally, so that its recent PDUs are recorded."""

@@ -8,6 +8,7 @@ instance. Every failure is classified here, where the evidence is.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ class Destination:
     host: str
     port: int
     called_ae: str
+    tls: bool = False
+    """Whether the receiver declares DICOM over TLS."""
 
 
 def propose_contexts(sender: NodeBase, items: Sequence[Outgoing]) -> list[PresentationContext]:
@@ -153,12 +156,17 @@ class StoreClient:
         configure_ae(ae, self.declaration)
         started = time.monotonic()
         tls_args = None
+        bind_address = ("127.0.0.1", 0)
         if self.declaration.tls and self.tls is not None:
             tls_args = (self.tls.client_context(), SERVER_NAME)
+            # A failed TLS handshake fires no EVT_CONN_OPEN, so the local port
+            # the link proxy saw must be known before connecting.
+            trace.local_port = _free_local_port()
+            bind_address = ("127.0.0.1", trace.local_port)
         assoc = ae.associate(
             destination.host, destination.port, contexts=contexts,
             ae_title=destination.called_ae, evt_handlers=trace.handlers(), tls_args=tls_args,
-            max_pdu=self.declaration.max_pdu,
+            max_pdu=self.declaration.max_pdu, bind_address=bind_address,
         )
         if not assoc.is_established:
             failure = self._association_failure(trace, destination, time.monotonic() - started)
@@ -304,6 +312,10 @@ class StoreClient:
         link = destination.link
         timeouts = self.declaration.timeouts
         link_note = self.registry.link_failure(trace.local_port)
+        if link_note is not None:
+            # The link proxy caused this connection's end (a fault, a firewall,
+            # a middle box): blame it, not the peer the requestor saw.
+            return link_note
         if trace.rejection is not None:
             permanent = trace.rejection.get("result") == 1
             detail = dict(trace.rejection)
@@ -317,8 +329,15 @@ class StoreClient:
             return Failure(FailureKind.NO_ACCEPTED_CONTEXT, link, Side.ACCEPTOR, True,
                            "A-ASSOCIATE-AC with every presentation context rejected "
                            "(not an A-ASSOCIATE-RJ)", {"cause": "acceptance"})
-        if link_note is not None:
-            return link_note
+        if destination.tls != self.declaration.tls and not trace.accepted:
+            # No TLS record crossed the link, but the declarations disagree: a
+            # TLS acceptor closes on a plain A-ASSOCIATE-RQ without answering.
+            side = Side.ACCEPTOR if destination.tls else Side.REQUESTOR
+            return Failure(FailureKind.TLS_MISMATCH, link, side, True,
+                           f"{destination.node} declares TLS {'on' if destination.tls else 'off'} "
+                           f"and {self.declaration.name} {'on' if self.declaration.tls else 'off'}",
+                           {"requestor_tls": self.declaration.tls, "acceptor_tls": destination.tls,
+                            "elapsed_s": round(elapsed_s, 3)})
         if trace.abort_received is not None:
             return Failure(FailureKind.ASSOCIATION_ABORTED, link, Side.ACCEPTOR, False,
                            f"A-ABORT from the peer during negotiation: {trace.abort_received['source_name']}",
@@ -339,6 +358,8 @@ class StoreClient:
                             elapsed_s: float | None) -> Failure:
         link = destination.link
         link_note = self.registry.link_failure(trace.local_port)
+        if link_note is not None:
+            return link_note
         peer_note = self.registry.peer_failure(trace.assoc_id)
         if peer_note is not None:
             return peer_note
@@ -346,8 +367,6 @@ class StoreClient:
             return Failure(FailureKind.ASSOCIATION_ABORTED, link, Side.ACCEPTOR, False,
                            f"A-ABORT from {destination.node}: {trace.abort_received['source_name']}, "
                            f"{trace.abort_received['reason_name']}", dict(trace.abort_received))
-        if link_note is not None:
-            return link_note
         if trace.abort_sent is not None and trace.abort_received is None:
             dimse_s = self.declaration.timeouts.dimse_s
             return Failure(FailureKind.DIMSE_TIMEOUT, link, Side.ACCEPTOR, False,
@@ -357,6 +376,15 @@ class StoreClient:
         return Failure(FailureKind.CONNECTION_CLOSED, link, Side.ACCEPTOR, False,
                        "the connection closed during the association (A-P-ABORT)",
                        {"elapsed_s": None if elapsed_s is None else round(elapsed_s, 3)})
+
+
+def _free_local_port() -> int:
+    # NOTE: another process could take the port between this close and
+    # pynetdicom's bind; the association then fails to connect.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 _TIMEOUT_KINDS = {

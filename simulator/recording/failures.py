@@ -24,12 +24,18 @@ class FailureKind(StrEnum):
     CONNECTION_TIMEOUT = "connection-timeout"
     CONNECTION_REFUSED = "connection-refused"
     CONNECTION_CLOSED = "connection-closed"
+    CONNECTION_RESET = "connection-reset"
+    CONNECTION_BLACKHOLED = "connection-blackholed"
+    TLS_MISMATCH = "tls-mismatch"
+    PDU_OVER_LIMIT = "pdu-over-limit"
     DIMSE_FAILURE = "dimse-failure"
     DIMSE_WARNING = "dimse-warning"
     FALSE_SUCCESS = "false-success"
     NO_MATCHING_RULE = "no-matching-rule"
     NEVER_ATTEMPTED = "never-attempted"
     INTEGRITY = "integrity-violation"
+    SUB_OPERATION_FAILED = "sub-operation-failed"
+    MOVE_DESTINATION_UNKNOWN = "move-destination-unknown"
 
 
 class Side(StrEnum):

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from simulator.links.faults.base import ActiveFault, FaultAttributes, FaultType, register
 from simulator.links.pdu import DimseCommand, PDUType
 from simulator.links.stages import Forward, StageContext
+from simulator.recording.failures import FailureKind
 
 if TYPE_CHECKING:
     from simulator.links.faults.dicom.stage import PDUStage
@@ -263,16 +264,41 @@ class Flow:
         self.ctx.note_abnormal(reason)
 
     def triggered(self, fault: DicomFault, action: str, **fields: Any) -> None:
-        """Emit ``link.fault_triggered``: what ``fault`` did, with its current attributes."""
+        """Emit ``link.fault_triggered``: what ``fault`` did, with its current attributes.
+
+        An action that ends the association is also noted as the link's
+        failure, so the client's classification blames the link, not its peer.
+        """
+        attributes = fault.attributes.model_dump(exclude_none=True)
         self.ctx.recorder.emit(
             "link.fault_triggered",
             fault=fault.name,
             fault_type=fault.type_name,
             direction=self.direction,
             action=action,
-            attributes=fault.attributes.model_dump(exclude_none=True),
+            attributes=attributes,
             **fields,
         )
+        kind = _FAILURE_OF_ACTION.get(action)
+        if kind is not None:
+            self.ctx.note_failure(
+                kind, f"fault {fault.name} ({fault.type_name}) on the link: {action}",
+                fault=fault.name, fault_type=fault.type_name, **attributes,
+            )
+
+
+_FAILURE_OF_ACTION = {
+    "associate-rejected": FailureKind.ASSOCIATION_REJECTED,
+    "a-abort": FailureKind.ASSOCIATION_ABORTED,
+    "a-p-abort": FailureKind.CONNECTION_CLOSED,
+    "reset": FailureKind.PDU_OVER_LIMIT,
+    "abort": FailureKind.PDU_OVER_LIMIT,
+    "header-rewritten": FailureKind.ASSOCIATION_ABORTED,
+}
+"""Fault actions that end an association, and the failure kind the client sees.
+
+``reset`` and ``abort`` are the two actions of ``middlebox_limit``.
+"""
 
 
 def register_dicom(
