@@ -19,8 +19,12 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 PIXEL_DATA = BaseTag(0x7FE00010)
-MAX_PIXEL_COMPARE_BYTES = 256 * 1024 * 1024
-"""Larger pixel data is not hashed, to keep memory bounded; the report says so."""
+UNDEFINED_LENGTH = 0xFFFFFFFF
+HASH_CHUNK_BYTES = 1024 * 1024
+MAX_DECODE_BYTES = 256 * 1024 * 1024
+"""Pixel data is hashed as encoded by streaming it from disk, so any size is
+compared in bounded memory. Only when the transfer syntax changed are the
+frames decoded, and only up to this size; the report says so above it."""
 
 
 @dataclass(frozen=True)
@@ -59,27 +63,49 @@ def _label(element: Any) -> str:
     return f"{_tag_text(element.tag)} {keyword}".strip()
 
 
-def _pixel_hash(dataset: Dataset, path: Path) -> str | None:
-    if PIXEL_DATA not in dataset:
+def _pixel_hash(path: Path) -> str | None:
+    """Hash the encoded Pixel Data value by streaming it from the file; None when absent."""
+    dataset = dcmread(path, defer_size=1024)
+    raw = dataset._dict.get(PIXEL_DATA)  # the raw element keeps the value's file offset
+    if raw is None:
         return None
-    if path.stat().st_size > MAX_PIXEL_COMPARE_BYTES:
+    offset = getattr(raw, "value_tell", None)
+    length = getattr(raw, "length", None)
+    if offset is None or length is None:
+        value = dataset[PIXEL_DATA].value
+        return hashlib.sha256(value if isinstance(value, bytes) else bytes(value)).hexdigest()
+    digest = hashlib.sha256()
+    # Encapsulated pixel data has an undefined length and runs to its
+    # Sequence Delimitation Item, normally the end of the file.
+    remaining = None if length == UNDEFINED_LENGTH else length
+    with path.open("rb") as stream:
+        stream.seek(offset)
+        while remaining is None or remaining > 0:
+            chunk = stream.read(HASH_CHUNK_BYTES if remaining is None
+                                else min(HASH_CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+
+    return digest.hexdigest()
+
+
+def _decoded_hash(path: Path) -> str | None:
+    if path.stat().st_size > MAX_DECODE_BYTES:
         return "too-large"
-    value = dataset[PIXEL_DATA].value
-
-    return hashlib.sha256(value if isinstance(value, bytes) else bytes(value)).hexdigest()
-
-
-def _decoded_hash(dataset: Dataset) -> str | None:
     try:
-        return hashlib.sha256(dataset.pixel_array.tobytes()).hexdigest()
+        return hashlib.sha256(dcmread(path).pixel_array.tobytes()).hexdigest()
     except Exception:  # noqa: BLE001 - no codec for this transfer syntax here
         return None
 
 
 def compare(source: Path, stored: Path, explained: Explained) -> Comparison:
     """Compare two files of one instance; fill ``unexplained`` with what the route does not declare."""
-    a = dcmread(source)
-    b = dcmread(stored)
+    # Headers only: pixel data is compared by streaming, whatever its size.
+    a = dcmread(source, stop_before_pixels=True)
+    b = dcmread(stored, stop_before_pixels=True)
     result = Comparison()
     ts_a = str(a.file_meta.get("TransferSyntaxUID", ""))
     ts_b = str(b.file_meta.get("TransferSyntaxUID", ""))
@@ -95,7 +121,7 @@ def compare(source: Path, stored: Path, explained: Explained) -> Comparison:
     creators_a = {str(e.value).strip() for e in a if e.tag.is_private_creator}
     creators_b = {str(e.value).strip() for e in b if e.tag.is_private_creator}
     result.private_creators_lost = sorted(creators_a - creators_b)
-    result.pixel_data = _compare_pixels(a, b, source, stored, result.transfer_syntax_changed)
+    result.pixel_data = _compare_pixels(source, stored, result.transfer_syntax_changed)
     if "SpecificCharacterSet" in a or "SpecificCharacterSet" in b:
         result.character_set = {
             "source": _terms(a.get("SpecificCharacterSet")),
@@ -129,19 +155,19 @@ def _decoded(dataset: Dataset, tag: BaseTag) -> str:
         return "<undecodable>"
 
 
-def _compare_pixels(a: Dataset, b: Dataset, source: Path, stored: Path, ts_changed: bool) -> str:
-    hash_a, hash_b = _pixel_hash(a, source), _pixel_hash(b, stored)
+def _compare_pixels(source: Path, stored: Path, ts_changed: bool) -> str:
+    hash_a, hash_b = _pixel_hash(source), _pixel_hash(stored)
     if hash_a is None and hash_b is None:
         return "not-present"
     if hash_a is None or hash_b is None:
         return "missing" if hash_b is None else "added"
-    if "too-large" in (hash_a, hash_b):
-        return "not-compared (too large)"
     if hash_a == hash_b:
         return "identical"
     if not ts_changed:
         return "different"
-    decoded_a, decoded_b = _decoded_hash(a), _decoded_hash(b)
+    decoded_a, decoded_b = _decoded_hash(source), _decoded_hash(stored)
+    if "too-large" in (decoded_a, decoded_b):
+        return "not-compared (too large to decode)"
     if decoded_a is None or decoded_b is None:
         return "not-compared (no codec)"
 
