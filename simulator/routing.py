@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from simulator.topology.model import Coercion, Rule

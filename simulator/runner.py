@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+import dataclasses
 import datetime as dt
 import secrets
 import shutil
@@ -28,7 +29,10 @@ from simulator.links.faults import FaultSpec, LinkFaults
 from simulator.links.firewall import Firewall, FirewallSpec
 from simulator.links.proxy import LinkProxy
 from simulator.links.registry import AssociationRegistry
+from simulator.live.publisher import MqttPublisher
+from simulator.live.settings import MqttSettings, resolve_mqtt_settings
 from simulator.nodes.modality import Modality
+from simulator.nodes.qr_scu import RetrieveRequest
 from simulator.nodes.router import Router
 from simulator.nodes.runtime import NodeServices
 from simulator.nodes.scu import Destination
@@ -37,9 +41,11 @@ from simulator.nodes.tls import RunTls
 from simulator.recording.integrity import Explained, compare
 from simulator.recording.ledger import InstanceInfo, Ledger, LedgerRow
 from simulator.recording.recorder import RUN_FORMAT_VERSION, BoundRecorder, Recorder
-from simulator.recording.summary import write_outputs
+from simulator.recording.summary import write_outputs, write_summary_json
 from simulator.routing import RouteContext, parse_tag, route
 from simulator.scenario.model import Scenario, Step
+from simulator.toxiproxy.api import ToxiproxyApiServer
+from simulator.toxiproxy.backend import ToxiproxyBackend
 from simulator.topology.model import (
     ExternalNode,
     ModalityNode,
@@ -61,6 +67,10 @@ class RunOptions:
     corpus: Path | None = None
     seed: int | None = None
     include_phi: bool = False
+    mqtt: MqttSettings | None = None
+    """Broker of the live event stream; None uses the topology's events.mqtt, if any."""
+    toxiproxy_api_port: int | None = None
+    """Serve the Toxiproxy-compatible API on 127.0.0.1 at this port; 0 picks a free one."""
 
 
 @dataclass
@@ -120,6 +130,9 @@ class Rehearsal:
         self._ledger: Ledger | None = None
         self._instances: dict[str, InstanceInfo] = {}
         self._started_mono = 0.0
+        self._publisher: MqttPublisher | None = None
+        self._fault_backend: ToxiproxyBackend | None = None
+        self.toxiproxy_api: ToxiproxyApiServer | None = None
 
     @property
     def recorder(self) -> Recorder:
@@ -137,6 +150,7 @@ class Rehearsal:
         self._recorder = Recorder(self.run_dir / "events.jsonl", self.run_id)
         self._ledger = Ledger(self.recorder)
         self.recorder.add_listener(self._on_event)
+        self._start_publisher()
         self._started_mono = time.monotonic()
         self.recorder.emit(
             "run.started", format_version=RUN_FORMAT_VERSION, site=self.topology.site,
@@ -145,16 +159,83 @@ class Rehearsal:
         outcome = "finished"
         try:
             self._load_corpus()
+            await self._start_fault_backend()
             await self._start_site()
+            await self._start_toxiproxy_api()
             outcome = await self._drive(on_progress)
         except BaseException as exc:
             outcome = f"error: {type(exc).__name__}"
             self.recorder.emit("run.error", error=str(exc), error_type=type(exc).__name__)
             raise
         finally:
+            await self._stop_toxiproxy_api()
             left = await self._stop_site()
+            await self._stop_fault_backend()
             summary = self._finish(outcome, left)
+            summary = await self._stop_publisher(summary)
         return RunResult(self.run_dir, self.run_id, summary)
+
+    # The live event stream and Toxiproxy; see docs/live-events.md and docs/toxiproxy.md.
+
+    def _start_publisher(self) -> None:
+        events = self.topology.events
+        settings = self.options.mqtt or resolve_mqtt_settings(
+            None, events.mqtt, topology_buffer_events=events.mqtt_buffer
+        )
+        if settings is None:
+            return
+        self._publisher = MqttPublisher(settings, self.run_id, self._live_status)
+        self._publisher.attach(self.recorder)
+        self._publisher.start()
+
+    def _live_status(self) -> dict[str, Any]:
+        return {"site": self.topology.site, "scenario": self.scenario.name,
+                **dataclasses.asdict(self.progress),
+                "elapsed_s": round(time.monotonic() - self._started_mono, 3)}
+
+    async def _stop_publisher(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Publish the final status and record in summary.json what reached the broker."""
+        if self._publisher is None:
+            return summary
+        final = {**self._live_status(), "outcome": summary.get("outcome"),
+                 "expectations_held": all(e["passed"] for e in summary.get("expectations", [])),
+                 "states": summary.get("states", {})}
+        counts = await self._publisher.stop(final)
+        if summary:
+            summary["mqtt"] = counts.as_record()
+            write_summary_json(self.run_dir, summary)
+        return summary
+
+    async def _start_fault_backend(self) -> None:
+        settings = self.topology.faults
+        if settings.backend != "toxiproxy" or settings.url is None:
+            return
+        backend = ToxiproxyBackend(settings.url, self.topology.site, self.recorder)
+        await backend.start()
+        self._fault_backend = backend
+
+    async def _stop_fault_backend(self) -> None:
+        if self._fault_backend is not None:
+            await self._fault_backend.stop()
+
+    async def _faults_for_link(self, link: str, host: str, port: int,
+                               recorder: BoundRecorder) -> tuple[LinkFaults, str, int]:
+        """Return a link's faults and where its proxy forwards: the node or a Toxiproxy proxy."""
+        if self._fault_backend is None:
+            return LinkFaults(link, self.seed, recorder), host, port
+        return await self._fault_backend.add_link(link, host, port, self.seed, recorder)
+
+    async def _start_toxiproxy_api(self) -> None:
+        if self.options.toxiproxy_api_port is None:
+            return
+        api = ToxiproxyApiServer(self.options.toxiproxy_api_port, self.site.proxies,
+                                 self.recorder, self.registry, self.seed)
+        await api.start()
+        self.toxiproxy_api = api
+
+    async def _stop_toxiproxy_api(self) -> None:
+        if self.toxiproxy_api is not None:
+            await self.toxiproxy_api.stop()
 
     # Set-up.
 
@@ -240,6 +321,8 @@ class Rehearsal:
                 self.site.storage[name] = runtime
                 self.site.ports[name] = (decl.host, await asyncio.to_thread(runtime.start, decl.port or 0))
         destinations = await self._start_links_for_routers()
+        for name, runtime in self.site.storage.items():
+            runtime.connect(self.topology, destinations[name], self._link_faults)
         for name, decl in nodes.items():
             if isinstance(decl, ModalityNode):
                 target = self.topology.destination_of(decl)
@@ -275,11 +358,14 @@ class Rehearsal:
         for link in self.topology.links:
             host, port = self.site.ports[link.to_node]
             link_recorder = _bind(self.recorder, link=link.link_name)
-            faults = LinkFaults(link.link_name, self.seed, link_recorder)
+            faults, forward_host, forward_port = await self._faults_for_link(
+                link.link_name, "127.0.0.1" if host in ("localhost", "0.0.0.0") else host, port,
+                link_recorder,
+            )
             for spec in link.faults:
                 faults.add(spec)
             proxy = LinkProxy(
-                link.link_name, "127.0.0.1" if host in ("localhost", "0.0.0.0") else host, port,
+                link.link_name, forward_host, forward_port,
                 link_recorder, self.registry,
                 faults=faults,
                 firewall=Firewall(link.link_name, link.firewall, link_recorder),
@@ -341,7 +427,7 @@ class Rehearsal:
                 while pending and self._step_due(pending[0][1]):
                     index, step = pending.pop(0)
                     self._run_step(index, step, group)
-                waiting = any(s.action in ("start_sending", "hold") for _, s in pending)
+                waiting = any(s.action in ("start_sending", "hold", "retrieve") for _, s in pending)
                 if self._idle() and not waiting:
                     break
                 if time.monotonic() >= deadline:
@@ -386,6 +472,9 @@ class Rehearsal:
             return
         if step.action == "hold":
             return
+        if step.action == "retrieve":
+            self._start_retrieve(index, step, group)
+            return
         if step.link is not None:
             self._change_link(step)
             return
@@ -399,6 +488,25 @@ class Rehearsal:
                                   sender.pause_between_s),
                 name=f"sender-{sender.sender_name}",
             ))
+
+    def _start_retrieve(self, index: int, step: Step, group: asyncio.TaskGroup) -> None:
+        """Run a retrieve step in a worker thread; the run waits for it as for a sender."""
+        assert step.viewer is not None and step.from_node is not None and step.service is not None
+        request = RetrieveRequest(
+            step=index, source=step.from_node, service=step.service, model=step.model or "study",
+            level=step.level or "STUDY", keys=dict(step.keys or {}),
+            move_destination=step.move_destination,
+        )
+        self._sender_tasks.append(group.create_task(
+            asyncio.to_thread(self.site.storage[step.viewer].retrieve, request),
+            name=f"retrieve-{index}",
+        ))
+
+    def _link_faults(self, link: str) -> list[Any]:
+        proxy = self.site.proxies.get(link)
+        if proxy is None:
+            return []
+        return list(proxy.faults.specs())
 
     def _change_link(self, step: Step) -> None:
         proxy = self.site.proxies[step.link or ""]
@@ -438,7 +546,8 @@ class Rehearsal:
             )
 
     def _busy(self) -> bool:
-        return any(r.busy() for r in self.site.routers.values())
+        return (any(r.busy() for r in self.site.routers.values())
+                or any(s.busy() for s in self.site.storage.values()))
 
     def _update_progress(self, on_progress: ProgressCallback | None) -> None:
         self.progress.sent = sum(m.sent for m in self.site.modalities.values())
@@ -497,9 +606,15 @@ class Rehearsal:
             return False, None, None
         row.delivered_path = str(stored)
         source = self.source_paths.get(row.sop_instance_uid)
+        explained = self._explained(row.destination)
+        if row.service != "store" and row.source in self.site.storage:
+            # A retrieved copy is compared with the retrieve SCP's copy; pynetdicom may
+            # convert between uncompressed transfer syntaxes on the way.
+            source = self.site.storage[row.source].stored_path(row.sop_instance_uid)
+            explained = Explained(transcode=True)
         if source is None or not source.exists():
             return True, None, None
-        comparison = compare(source, stored, self._explained(row.destination))
+        comparison = compare(source, stored, explained)
 
         return True, not comparison.unexplained, comparison.as_record()
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from simulator.corpus import bundled_corpus
 from simulator.runner import RunOptions, RunResult, run_rehearsal
@@ -251,3 +252,147 @@ def test_fc11_tls_on_one_side(tmp_path: Path) -> None:
     assert reverse["failure_kind"] == "tls-mismatch"
     assert reverse["side"] == "acceptor"
     assert reverse["detail"] == {**reverse["detail"], "requestor_tls": False, "acceptor_tls": True}
+
+
+def tomosynthesis_corpus(root: Path, sizes_mb: list[float]) -> Path:
+    """Write one study of breast tomosynthesis objects, one per size, in instance order."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    root.mkdir(parents=True)
+    for number, size_mb in enumerate(sizes_mb, 1):
+        rows = columns = 256
+        frames = max(1, int(size_mb * 1_000_000 / (rows * columns * 2)))
+        dataset = Dataset()
+        dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.13.1.3"
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.StudyInstanceUID = study_uid
+        dataset.SeriesInstanceUID = series_uid
+        dataset.PatientID = "TOMO-0001"
+        dataset.Modality = "MG"
+        dataset.InstanceNumber = number
+        dataset.Rows, dataset.Columns, dataset.NumberOfFrames = rows, columns, frames
+        dataset.SamplesPerPixel = 1
+        dataset.PhotometricInterpretation = "MONOCHROME2"
+        dataset.BitsAllocated = dataset.BitsStored = 16
+        dataset.HighBit = 15
+        dataset.PixelRepresentation = 0
+        dataset.PixelData = bytes(rows * columns * 2 * frames)
+        dataset.file_meta = FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.save_as(root / f"tomo-{number:02d}.dcm", enforce_file_format=True)
+    return root
+
+
+def test_fc04_cget_without_role_selection(tmp_path: Path) -> None:
+    """CT accepted with the default role, so every C-GET sub-operation fails on the requestor."""
+    result = rehearse("fc04-cget-no-role", tmp_path)
+
+    assert result.expectations_held
+    accepted = events(result, "association.accepted", node="viewer", role="requestor")[0]
+    ct_contexts = [c for c in accepted["contexts"] if c["sop_class"] == "1.2.840.10008.5.1.4.1.1.2"]
+    assert ct_contexts
+    assert {c["result"] for c in ct_contexts} == {0}
+    requested = events(result, "association.requested", node="viewer", role="requestor")[0]
+    assert requested["role_selection"] == []
+    roles = events(result, "qr.roles", node="viewer")[0]["contexts"]
+    assert all(c["requestor_scu"] and not c["requestor_scp"] for c in roles)
+    instances = len(ledger(result)) // 2
+    final = events(result, "qr.response", node="viewer", command="C-GET-RSP")[-1]
+    assert final["status"] == "0xA702"
+    assert final["failed"] == instances == 2
+    assert final["completed"] == 0
+    assert not events(result, "dimse.request", node="pacs", command="C-STORE-RQ",
+                      sub_operation_of="get")
+    for row in [r for r in ledger(result) if r["service"] == "get"]:
+        failure = row["failure"]
+        assert failure["failure_kind"] == "sub-operation-failed"
+        assert failure["side"] == "requestor"
+        assert failure["detail"]["cause"] == "role-not-negotiated"
+        assert failure["hop"] == "viewer->pacs"
+    retrieve = events(result, "qr.retrieve_failed", node="viewer")[0]
+    assert retrieve["side"] == "requestor"
+    assert retrieve["detail"]["cause"] == "role-not-negotiated"
+
+
+def test_fc04_cget_with_role_selection(tmp_path: Path) -> None:
+    """The same C-GET with SCP/SCU Role Selection brings the whole series to the viewer."""
+    result = rehearse("fc04-cget-with-role", tmp_path)
+
+    assert result.expectations_held
+    requested = events(result, "association.requested", node="viewer", role="requestor")[0]
+    assert requested["role_selection"] == [
+        {"sop_class": "1.2.840.10008.5.1.4.1.1.2", "scu_role": True, "scp_role": True}]
+    final = events(result, "qr.response", node="viewer", command="C-GET-RSP")[-1]
+    assert (final["status"], final["completed"], final["failed"]) == ("0x0000", 2, 0)
+    rows = [r for r in ledger(result) if r["service"] == "get"]
+    assert len(rows) == 2
+    assert all(r["state"] == "delivered" and r["intact"] for r in rows)
+
+
+def test_fc06_move_slow_link_dimse_timeout(tmp_path: Path) -> None:
+    """The viewer's DIMSE timeout stops a C-MOVE over a slow link; blamed on tuning, not the peer."""
+    corpus = tomosynthesis_corpus(tmp_path / "tomo", [0.3] * 5 + [2.0] * 7)
+    result = rehearse("fc06-move-slow-link", tmp_path, corpus)
+
+    assert result.expectations_held
+    timeout = events(result, "timeout", node="viewer", timeout_kind="dimse")
+    assert len(timeout) == 1
+    control = timeout[0]["assoc_id"]
+    assert timeout[0]["link"] == "viewer->pacs"
+    aborted = events(result, "association.aborted", node="viewer", assoc_id=control)
+    assert aborted[0]["initiated_by"] == "local"
+    last_seen = events(result, "qr.response", node="viewer", assoc_id=control)[-1]
+    assert last_seen["status"] == "0xFF00"
+
+    # pynetdicom 3.0.4's Move SCP finishes the C-STORE on the wire, then stops and
+    # releases the sub-association: it does not abort it.
+    stopped = events(result, "qr.sub_operations_stopped", node="pacs", assoc_id=control)[0]
+    sub = events(result, "qr.sub_association", node="pacs", assoc_id=control)[0]["sub_assoc_id"]
+    assert events(result, "association.released", node="viewer", assoc_id=sub)
+    moved = [r for r in ledger(result) if r["service"] == "move"]
+    delivered = [r for r in moved if r["state"] == "delivered"]
+    failed = [r for r in moved if r["state"] == "failed"]
+    assert len(moved) == 12
+    assert stopped["completed"] == len(delivered) > last_seen["completed"]
+    assert stopped["remaining"] == len(failed) == 12 - len(delivered)
+    for row in failed:
+        failure = row["failure"]
+        assert failure["failure_kind"] == "dimse-timeout"
+        assert failure["side"] == "requestor"
+        assert failure["hop"] == "pacs->viewer"
+        assert failure["detail"]["category"] == "timeout-vs-link-speed"
+        assert failure["detail"]["rate_kb_s"] == 1000
+        assert failure["detail"]["transfer_s_estimate"] > failure["detail"]["timeout_s"]
+    viewer_failure = events(result, "qr.retrieve_failed", node="viewer")[0]
+    assert viewer_failure["failure_kind"] == "dimse-timeout"
+    assert viewer_failure["detail"]["category"] == "timeout-vs-link-speed"
+
+
+def test_fc06_cget_slow_link_aborts_mid_store(tmp_path: Path) -> None:
+    """Over C-GET the viewer's DIMSE timeout aborts its association in the middle of a C-STORE."""
+    result = rehearse("fc06-cget-slow-link", tmp_path)
+
+    assert result.expectations_held
+    control = events(result, "timeout", node="viewer", timeout_kind="dimse")[0]["assoc_id"]
+    sent = events(result, "dimse.request", node="pacs", assoc_id=control, command="C-STORE-RQ")
+    assert len(sent) == 1
+    assert not events(result, "dimse.response", node="pacs", assoc_id=control,
+                      command="C-STORE-RSP")
+    in_flight = next(r for r in ledger(result) if r["service"] == "get"
+                     and r["sop_instance_uid"] == sent[0]["sop_instance_uid"])
+    assert in_flight["state"] == "failed"
+    assert in_flight["failure"]["failure_kind"] == "dimse-timeout"
+    assert in_flight["failure"]["detail"]["category"] == "timeout-vs-link-speed"
+    assert in_flight["failure"]["detail"]["in_flight_sop_instance_uid"] == in_flight["sop_instance_uid"]
+
+
+def test_fc06_move_destination_unknown(tmp_path: Path) -> None:
+    """A C-MOVE to an AE title the PACS has no link for gets 0xA801 and sends nothing."""
+    result = rehearse("fc06-move-unknown-destination", tmp_path)
+
+    assert result.expectations_held
+    unknown = events(result, "qr.move_destination_unknown", node="pacs")[0]
+    assert unknown["move_destination"] == "VIEWER"
+    assert unknown["known_destinations"] == ["WORKSTATION"]
+    responses = events(result, "qr.response", node="viewer", command="C-MOVE-RSP")
+    assert responses[0]["status"] == "0xA801"
+    assert len(events(result, "qr.sub_association", node="pacs")) == 1

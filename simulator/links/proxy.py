@@ -29,9 +29,9 @@ import asyncio
 import contextlib
 import itertools
 from collections import Counter
-from random import Random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from random import Random
 from typing import Literal
 
 from simulator.errors import RunError, SimulatorError

@@ -37,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from simulator.recording.failures import FailureKind, Side
 from simulator.links.pdu import (
     Abort,
     AssociateAC,
@@ -50,6 +49,7 @@ from simulator.links.pdu import (
     ReaderResult,
     ReleaseRP,
 )
+from simulator.recording.failures import FailureKind, Side
 
 TRACE_LENGTH = 32
 """PDU headers kept per direction for ``link.pdu_trace``."""

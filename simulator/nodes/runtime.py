@@ -12,8 +12,8 @@ from pathlib import Path
 from pynetdicom import AE, _config
 
 from simulator.links.registry import AssociationRegistry
-from simulator.recording.ledger import InstanceInfo, Ledger
 from simulator.nodes.tls import RunTls
+from simulator.recording.ledger import InstanceInfo, Ledger
 from simulator.recording.recorder import BoundRecorder
 from simulator.topology.model import NodeBase, Role
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.charset import python_encoding
-from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 

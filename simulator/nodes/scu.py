@@ -33,7 +33,7 @@ from simulator.recording.failures import (
     status_is_transient,
 )
 from simulator.recording.recorder import BoundRecorder
-from simulator.topology.model import NodeBase, Role
+from simulator.topology.model import NodeBase, Role, Timeouts
 
 Converter = Callable[["Outgoing", set[str]], "Outgoing | None"]
 """Re-encodes an item into one of the accepted transfer syntaxes, or returns None."""
@@ -163,6 +163,9 @@ class StoreClient:
             # the link proxy saw must be known before connecting.
             trace.local_port = _free_local_port()
             bind_address = ("127.0.0.1", trace.local_port)
+            # EVT_CONN_OPEN fires only after the handshake, when the link proxy
+            # has already seen the ClientHello and named the connection itself.
+            self.registry.register(trace.local_port, assoc_id)
         assoc = ae.associate(
             destination.host, destination.port, contexts=contexts,
             ae_title=destination.called_ae, evt_handlers=trace.handlers(), tls_args=tls_args,
@@ -171,7 +174,7 @@ class StoreClient:
         if not assoc.is_established:
             failure = self._association_failure(trace, destination, time.monotonic() - started)
             trace.emit("association.failed", **failure.as_record())
-            _emit_timeout(trace, failure)
+            _emit_timeout(trace, failure, self.declaration.timeouts)
             if trace.all_contexts_rejected:
                 # Blame each instance on the context result the acceptor gave it.
                 return outcomes + [StoreOutcome(i, None, self._context_rejected(assoc, i, destination),
@@ -246,7 +249,7 @@ class StoreClient:
             failure = self._broken_association(trace, destination, elapsed_s)
             trace.emit("dimse.no_response", sop_instance_uid=item.sop_instance_uid,
                        elapsed_s=round(elapsed_s, 4), **failure.as_record())
-            _emit_timeout(trace, failure)
+            _emit_timeout(trace, failure, self.declaration.timeouts)
             return StoreOutcome(item, None, failure, trace.assoc_id)
 
         category = status_category(status)
@@ -288,12 +291,17 @@ class StoreClient:
         return StoreOutcome(item, None, failure, assoc_id)
 
     def _context_rejected(self, assoc: Any, item: Outgoing, destination: Destination) -> Failure:
+        # PS3.8 9.3.3.2: the transfer syntax of a rejected context in the A-ASSOCIATE-AC
+        # is not significant (DCMTK and Orthanc answer Implicit VR Little Endian there),
+        # so each rejected context is matched with what was proposed under its ID.
+        proposed = {cx.context_id: cx.transfer_syntax[0]
+                    for cx in assoc.requestor.requested_contexts if cx.transfer_syntax}
         results = [
             {"context_id": cx.context_id, "result": cx.result,
              "result_name": CONTEXT_RESULT.get(cx.result or 0, str(cx.result))}
             for cx in assoc.rejected_contexts
             if cx.abstract_syntax == item.sop_class_uid
-            and (not cx.transfer_syntax or cx.transfer_syntax[0] == item.transfer_syntax_uid)
+            and proposed.get(cx.context_id, item.transfer_syntax_uid) == item.transfer_syntax_uid
         ]
         result_name = results[0]["result_name"] if results else "not accepted"
         if not assoc.accepted_contexts:
@@ -395,13 +403,20 @@ _TIMEOUT_KINDS = {
 }
 
 
-def _emit_timeout(trace: AssociationTrace, failure: Failure) -> None:
+def _emit_timeout(trace: AssociationTrace, failure: Failure, timeouts: Timeouts) -> None:
     timeout_kind = _TIMEOUT_KINDS.get(failure.failure_kind)
     if timeout_kind is None:
         return
-    trace.emit("timeout", timeout_kind=timeout_kind,
-               timed_out_side=failure.detail.get("timed_out_side"),
-               timeout_s=failure.detail.get("timeout_s"))
+    # The link proxy connects upstream with the requestor's connection timeout,
+    # and its failure detail names the upstream address, not the timeout.
+    if timeout_kind == "connection":
+        timed_out_side = failure.detail.get("timed_out_side", "requestor")
+        timeout_s = failure.detail.get("timeout_s", timeouts.connection_s)
+    else:
+        timed_out_side = failure.detail.get("timed_out_side")
+        timeout_s = failure.detail.get("timeout_s")
+    trace.emit("timeout", timeout_kind=timeout_kind, timed_out_side=timed_out_side,
+               timeout_s=timeout_s)
 
 
 def _status_detail(response: Dataset) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class LedgerRow:
     study_instance_uid: str
     series_instance_uid: str
     source_file: str
+    service: str = "store"
     state: RowState = RowState.PENDING
     attempts: int = 0
     hops: list[str] = field(default_factory=list)
@@ -79,13 +80,14 @@ class Ledger:
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
-        self._rows: dict[tuple[str, str], LedgerRow] = {}
+        self._rows: dict[tuple[str, str, str], LedgerRow] = {}
         self._lock = threading.Lock()
         self.delivered_count = 0
         self.failed_count = 0
 
-    def expect(self, info: InstanceInfo, destination: str) -> None:
-        key = (info.sop_instance_uid, destination)
+    def expect(self, info: InstanceInfo, destination: str, service: str = "store") -> None:
+        """Add a row; ``service`` is ``store`` for routing, ``move`` or ``get`` for a retrieve."""
+        key = (info.sop_instance_uid, destination, service)
         with self._lock:
             if key in self._rows:
                 return
@@ -95,11 +97,13 @@ class Ledger:
                 transfer_syntax_uid=info.transfer_syntax_uid,
                 study_instance_uid=info.study_instance_uid,
                 series_instance_uid=info.series_instance_uid, source_file=info.source_file,
+                service=service,
             )
 
-    def attempt(self, sop_instance_uid: str, destination: str, hop: str) -> None:
+    def attempt(self, sop_instance_uid: str, destination: str, hop: str,
+                service: str = "store") -> None:
         with self._lock:
-            row = self._rows.get((sop_instance_uid, destination))
+            row = self._rows.get((sop_instance_uid, destination, service))
             if row is None:
                 return
             row.attempts += 1
@@ -109,10 +113,11 @@ class Ledger:
                 row.first_attempt_mono = time.monotonic()
 
     def delivered(self, sop_instance_uid: str, destination: str, hop: str, status: int,
-                  path: str | None = None, warning: Failure | None = None) -> None:
+                  path: str | None = None, warning: Failure | None = None,
+                  service: str = "store") -> None:
         """Mark a row delivered; a warning status is kept in ``failure`` with the state delivered."""
         with self._lock:
-            row = self._rows.get((sop_instance_uid, destination))
+            row = self._rows.get((sop_instance_uid, destination, service))
             if row is None:
                 return
             if row.state != RowState.DELIVERED:
@@ -129,9 +134,9 @@ class Ledger:
             row.finished_mono = time.monotonic()
 
     def failed(self, sop_instance_uid: str, destination: str, failure: Failure,
-               status: int | None = None) -> None:
+               status: int | None = None, service: str = "store") -> None:
         with self._lock:
-            row = self._rows.get((sop_instance_uid, destination))
+            row = self._rows.get((sop_instance_uid, destination, service))
             if row is None or row.state == RowState.DELIVERED:
                 return
             if row.state != RowState.FAILED:
@@ -145,7 +150,7 @@ class Ledger:
 
     def rows_for(self, sop_instance_uid: str) -> list[LedgerRow]:
         with self._lock:
-            return [r for (uid, _), r in self._rows.items() if uid == sop_instance_uid]
+            return [r for (uid, _, _), r in self._rows.items() if uid == sop_instance_uid]
 
     def pending(self) -> int:
         with self._lock:
@@ -187,5 +192,6 @@ class Ledger:
 
     def write(self, path: Path) -> None:
         with path.open("w", encoding="utf-8") as stream:
-            for row in sorted(self, key=lambda r: (r.source, r.sop_instance_uid, r.destination)):
+            for row in sorted(self, key=lambda r: (r.source, r.sop_instance_uid, r.destination,
+                                                   r.service)):
                 stream.write(json.dumps(row.as_record(), default=str) + "\n")

@@ -203,11 +203,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_summary_json(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json``; the runner writes it again to add the ``mqtt`` counts."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n",
+                                          encoding="utf-8")
+
+
 def write_outputs(rehearsal: Rehearsal, outcome: str, spool_left: list[dict[str, Any]]) -> dict[str, Any]:
     summary = build_summary(rehearsal, outcome, spool_left)
     run_dir: Path = rehearsal.run_dir
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n",
-                                          encoding="utf-8")
+    write_summary_json(run_dir, summary)
     (run_dir / "report.md").write_text(render_markdown(summary), encoding="utf-8")
 
     return summary

@@ -16,6 +16,7 @@ from pydantic import (
 
 from simulator.conformance.names import (
     UnknownNameError,
+    describe_uid,
     resolve_sop_class,
     resolve_transfer_syntax,
 )
@@ -127,7 +128,8 @@ class After(_Strict):
 
 
 StepAction = Literal[
-    "start_sending", "cutover", "hold", "add_fault", "update_fault", "remove_fault", "set_firewall"
+    "start_sending", "cutover", "hold", "add_fault", "update_fault", "remove_fault", "set_firewall",
+    "retrieve",
 ]
 
 _STEP_FIELDS: dict[str, tuple[set[str], set[str]]] = {
@@ -139,17 +141,24 @@ _STEP_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "update_fault": ({"link", "name"}, {"attributes", "toxicity"}),
     "remove_fault": ({"link", "name"}, set()),
     "set_firewall": ({"link"}, {"firewall"}),
+    "retrieve": ({"viewer", "from_node", "service"}, {"model", "level", "keys", "move_destination"}),
 }
+
+_FIELD_LABELS = {"from_node": "from"}
+"""Step fields whose YAML key differs from the Python name."""
 
 
 class Step(_Strict):
     """A timeline step, at a time after the start or after an event."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     action: StepAction = Field(
         ..., description="start_sending starts senders; cutover switches a router's rule set; "
         "hold keeps the site running until the step is due, for real SCUs sending from outside; "
         "add_fault, update_fault and remove_fault change a link's faults; set_firewall "
-        "replaces a link's firewall (none removes it)."
+        "replaces a link's firewall (none removes it); retrieve makes a viewer or PACS query "
+        "another node (C-FIND) and retrieve what matches (C-MOVE or C-GET)."
     )
     at_s: float | None = Field(None, ge=0, description="Seconds after the run starts.")
     after: After | None = None
@@ -168,6 +177,40 @@ class Step(_Strict):
     firewall: dict[str, Any] | None = Field(
         None, description="set_firewall: the firewall as in a topology link; omitted removes it."
     )
+    viewer: str | None = Field(
+        None, description="retrieve: the node that queries and retrieves (a viewer or PACS)."
+    )
+    from_node: str | None = Field(
+        None, alias="from", description="retrieve: the node queried, the Query/Retrieve SCP."
+    )
+    service: Literal["find", "move", "get"] | None = Field(
+        None, description="retrieve: find only queries; move and get also retrieve the matches."
+    )
+    model: Literal["study", "patient"] | None = Field(
+        None, description="retrieve: Study Root (default) or Patient Root information model."
+    )
+    level: Literal["PATIENT", "STUDY", "SERIES", "IMAGE"] | None = Field(
+        None, description="retrieve: the query/retrieve level; STUDY when omitted."
+    )
+    keys: dict[str, str | list[str]] | None = Field(
+        None, description="retrieve: matching keys by attribute keyword, at the level or above "
+        "(wildcards * and ?, date ranges such as 20240101-20241231, a list for several UIDs); "
+        "every entity of the level when omitted."
+    )
+    move_destination: str | None = Field(
+        None, description="retrieve with service move: the Move Destination AE title; "
+        "the viewer's own AE title when omitted."
+    )
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _key_values_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted date such as 20240305 as a number; DICOM values are text.
+        if not isinstance(value, dict):
+            return value
+        return {key: [str(v) for v in item] if isinstance(item, list)
+                else str(item) if isinstance(item, int | float) else item
+                for key, item in value.items()}
 
     @model_validator(mode="after")
     def _check(self) -> Step:
@@ -177,20 +220,40 @@ class Step(_Strict):
             raise ValueError("a hold step needs at_s or after: it keeps the site running until then")
         required, optional = _STEP_FIELDS[self.action]
         given = {f for f in _STEP_FIELDS_ALL if getattr(self, f) is not None}
-        missing = sorted(required - given)
+        missing = sorted(_FIELD_LABELS.get(f, f) for f in required - given)
         if missing:
             raise ValueError(f"a {self.action} step needs {' and '.join(missing)}")
-        extra = sorted(given - required - optional)
+        extra = sorted(_FIELD_LABELS.get(f, f) for f in given - required - optional)
         if extra:
             raise ValueError(
                 f"{', '.join(extra)} {'does' if len(extra) == 1 else 'do'} not apply to "
                 f"{self.action} steps; remove {'it' if len(extra) == 1 else 'them'}"
             )
+        if self.action == "retrieve":
+            _check_retrieve_fields(self)
         return self
 
 
 _STEP_FIELDS_ALL = {"senders", "router", "rule_set", "link", "fault", "name", "attributes",
-                    "toxicity", "firewall"}
+                    "toxicity", "firewall", "viewer", "from_node", "service", "model", "level",
+                    "keys", "move_destination"}
+
+
+def _check_retrieve_fields(step: Step) -> None:
+    """Check a retrieve step on its own: the level exists in the model, the keys belong to it."""
+    from simulator.nodes.qr_index import MODELS, key_problem
+
+    if step.move_destination is not None and step.service != "move":
+        raise ValueError("move_destination applies only to service: move; remove it")
+    model = MODELS[step.model or "study"]
+    level = step.level or "STUDY"
+    if level not in model.levels:
+        raise ValueError(f"level {level} is not a level of the {model.label} model "
+                         f"({', '.join(model.levels)}); set model: patient or another level")
+    for keyword in step.keys or {}:
+        problem = key_problem(model, level, keyword)
+        if problem is not None:
+            raise ValueError(f"keys: {problem}")
 
 
 class RouteFilter(_Strict):
@@ -313,6 +376,8 @@ class Scenario(_Strict):
         for i, step in enumerate(self.timeline):
             if step.action == "cutover":
                 problems += _check_cutover(i, step, topology)
+            if step.action == "retrieve":
+                problems += _check_retrieve(i, step, topology)
             problems += _check_link_step(i, step, topology)
             for index, name in enumerate(step.senders or ()):
                 if name not in names:
@@ -384,6 +449,39 @@ def _first_error(exc: ValueError) -> str:
     where = ".".join(str(p) for p in first["loc"])
 
     return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+def _check_retrieve(index: int, step: Step, topology: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Check a retrieve step against the topology: both nodes, the link, the viewer's SOP classes."""
+    from simulator.nodes.qr_index import MODELS
+    from simulator.topology.model import NodeKind, Role
+
+    where: tuple[str | int, ...] = ("timeline", index)
+    nodes = topology.nodes
+    viewer = nodes.get(step.viewer or "")
+    if viewer is None or viewer.kind not in (NodeKind.VIEWER, NodeKind.PACS):
+        storage = sorted(n for n, d in nodes.items() if d.kind in (NodeKind.VIEWER, NodeKind.PACS))
+        message = (f"{step.viewer!r} is not a viewer or PACS node of the topology "
+                   f"(those nodes: {', '.join(storage) or 'none'})")
+        return [((*where, "viewer"), message)]
+    if step.from_node not in nodes:
+        message = (f"node {step.from_node!r} does not exist in the topology "
+                   f"(nodes: {', '.join(sorted(nodes))})")
+        return [((*where, "from"), message)]
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if step.from_node not in topology.link_targets(viewer.name):
+        message = (f"no link goes from {viewer.name} to {step.from_node}; add a link "
+                   f"{viewer.name} -> {step.from_node} for the query/retrieve association")
+        problems.append(((*where, "from"), message))
+    model = MODELS[step.model or "study"]
+    needed = [model.find] + ([getattr(model, str(step.service))] if step.service != "find" else [])
+    for sop_class in needed:
+        if not viewer.supports(sop_class, Role.SCU):
+            message = (f"{viewer.name} does not declare {describe_uid(sop_class)} with the "
+                       "SCU role; add it to its sop_classes")
+            problems.append(((*where, "viewer"), message))
+
+    return problems
 
 
 def _check_cutover(

@@ -26,6 +26,8 @@ from pydicom.datadict import keyword_dict
 
 from simulator.links.faults import FaultSpec, fault_problems
 from simulator.links.firewall import FirewallSpec
+from simulator.live.settings import DEFAULT_BUFFER_EVENTS, parse_mqtt_url
+from simulator.toxiproxy.settings import parse_toxiproxy_url
 from simulator.conformance.names import (
     UnknownNameError,
     resolve_sop_class,
@@ -370,6 +372,57 @@ class Link(_Strict):
         return self.name or f"{self.from_node}->{self.to_node}"
 
 
+def _check_toxiproxy_url(value: str) -> str:
+    parse_toxiproxy_url(value)
+    return value
+
+
+class EventSettings(_Strict):
+    """Where the run publishes its events while it runs; see docs/live-events.md."""
+
+    mqtt: str | None = Field(
+        None, description="Broker URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] for TLS. "
+        "User name and password come from the command line or the environment, never from here.",
+    )
+    mqtt_buffer: int = Field(
+        DEFAULT_BUFFER_EVENTS, ge=1,
+        description="Events kept while the broker is unreachable; past this the oldest are dropped.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_mqtt_url(cls, data: Any) -> Any:
+        # Checked on the whole section, so that the error does not quote the
+        # URL as given: it may hold a password, which parse_mqtt_url redacts.
+        url = data.get("mqtt") if isinstance(data, dict) else None
+        if isinstance(url, str):
+            try:
+                parse_mqtt_url(url)
+            except ValueError as exc:
+                raise ValueError(f"mqtt: {exc}") from None
+        return data
+
+
+class FaultBackendSettings(_Strict):
+    """What applies the byte-level faults of the links; see docs/toxiproxy.md."""
+
+    backend: Literal["simulator", "toxiproxy"] = Field(
+        "simulator", description="simulator: the link proxies; toxiproxy: a Toxiproxy server "
+        "behind each link proxy, at url.",
+    )
+    url: Annotated[str, AfterValidator(_check_toxiproxy_url)] | None = Field(
+        None, description="Toxiproxy API, http://HOST[:PORT] (port 8474 by default).",
+    )
+
+    @model_validator(mode="after")
+    def _url_with_toxiproxy(self) -> FaultBackendSettings:
+        if self.backend == "toxiproxy" and self.url is None:
+            raise ValueError("backend toxiproxy needs url, such as http://127.0.0.1:8474")
+        if self.backend == "simulator" and self.url is not None:
+            raise ValueError("url applies only to backend: toxiproxy; remove it")
+        return self
+
+
 class Topology(_Strict):
     """One site: its nodes by name and the links between them."""
 
@@ -377,6 +430,8 @@ class Topology(_Strict):
     description: str = ""
     nodes: dict[str, Node]
     links: tuple[Link, ...] = ()
+    events: EventSettings = Field(default_factory=EventSettings)
+    faults: FaultBackendSettings = Field(default_factory=FaultBackendSettings)
 
     @model_validator(mode="before")
     @classmethod
