@@ -22,6 +22,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from simulator.capability import check_topology, compare_with_ledger
 from simulator.corpus import Corpus, CorpusInstance, bundled_corpus, group_instances
 from simulator.corpus import MANIFEST_NAME, materialize_repeat
 from simulator.errors import RunError
@@ -54,6 +55,9 @@ from simulator.topology.model import (
     StorageNode,
     Topology,
 )
+
+MAX_LISTED_DISAGREEMENTS = 50
+"""Disagreements listed in summary.json; events.jsonl has every one."""
 
 MAX_ROUTER_CHAIN = 8
 """Routers forwarding to routers deeper than this are taken for a routing loop."""
@@ -129,6 +133,8 @@ class Rehearsal:
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._instances: dict[str, InstanceInfo] = {}
+        self._corpus_instances: list[CorpusInstance] = []
+        self.predictions: dict[str, Any] = {}
         self._started_mono = 0.0
         self._publisher: MqttPublisher | None = None
         self._fault_backend: ToxiproxyBackend | None = None
@@ -259,6 +265,7 @@ class Rehearsal:
     def _load_corpus(self) -> None:
         root = self._corpus_root()
         corpus = Corpus.load(root)
+        self._corpus_instances = corpus.instances
         skipped = [{"file": f, "reason": r} for f, r in corpus.skipped if f != MANIFEST_NAME]
         self.recorder.emit("corpus.loaded", root=str(root), instances=len(corpus.instances),
                            skipped=skipped)
@@ -578,6 +585,7 @@ class Rehearsal:
         self._record_unsent()
         self.ledger.finalize(self._verify)
         self.ledger.write(self.run_dir / "ledger.jsonl")
+        self.predictions = self._compare_with_check()
         summary = write_outputs(self, outcome, spool_left)
         self.recorder.emit("run.finished", outcome=outcome,
                            expectations_held=all(e["passed"] for e in summary["expectations"]),
@@ -585,6 +593,29 @@ class Rehearsal:
         self.recorder.close()
 
         return summary
+
+    def _compare_with_check(self) -> dict[str, Any]:
+        """Compare what ``rehearse check`` predicts from the declarations with what happened.
+
+        A disagreement is a finding of its own: either a node's declaration
+        does not describe what it does, or the node misbehaves.
+        """
+        try:
+            result = check_topology(self.topology, self._corpus_instances, self.scenario)
+            mismatches = compare_with_ledger(result, [row.as_record() for row in self.ledger])
+        except Exception as exc:  # noqa: BLE001 - a failing check must never lose a run's results
+            self.recorder.emit("check.error", error=type(exc).__name__, detail=str(exc))
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        for mismatch in mismatches:
+            self.recorder.emit("check.disagreement", source=mismatch.key[0],
+                               destination=mismatch.key[1], source_file=mismatch.key[2],
+                               predicted=mismatch.predicted, observed=mismatch.observed,
+                               finding=str(mismatch))
+        return {
+            "predicted_rows": len(result.predictions),
+            "disagreements": len(mismatches),
+            "findings": [str(m) for m in mismatches[:MAX_LISTED_DISAGREEMENTS]],
+        }
 
     def _record_unsent(self) -> None:
         for name, modality in self.site.modalities.items():

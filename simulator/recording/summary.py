@@ -125,6 +125,7 @@ def build_summary(rehearsal: Rehearsal, outcome: str, spool_left: list[dict[str,
         "spool_left": spool_left,
         "expectations": [evaluate(e, rows) for e in rehearsal.scenario.expectations],
         "event_listener_errors": rehearsal.recorder.listener_errors,
+        "predicted_against_observed": rehearsal.predictions,
     }
 
 
@@ -193,6 +194,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
         for v in summary["integrity_violations"]:
             lines.append(f"- {v['sop_instance_uid']} at {v['destination']}: "
                          f"{', '.join(v['unexplained'])}")
+    predictions = summary.get("predicted_against_observed") or {}
+    if predictions.get("disagreements"):
+        lines += ["", "## Check against observation", "",
+                  f"{predictions['disagreements']} ledger rows differ from what `rehearse check` "
+                  "predicts from the declarations: a declaration does not describe what its "
+                  "node does, or the node misbehaves.", ""]
+        lines += [f"- {finding}" for finding in predictions.get("findings", [])]
     if summary["spool_left"]:
         lines += ["", "## Left in router spools", ""]
         for entry in summary["spool_left"]:
