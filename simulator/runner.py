@@ -203,9 +203,9 @@ class Rehearsal:
         """Publish the final status and record in summary.json what reached the broker."""
         if self._publisher is None:
             return summary
+        held = all(e["passed"] for e in summary["expectations"]) if summary else None
         final = {**self._live_status(), "outcome": summary.get("outcome"),
-                 "expectations_held": all(e["passed"] for e in summary.get("expectations", [])),
-                 "states": summary.get("states", {})}
+                 "expectations_held": held, "states": summary.get("states", {})}
         counts = await self._publisher.stop(final)
         if summary:
             summary["mqtt"] = counts.as_record()

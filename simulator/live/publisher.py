@@ -2,7 +2,7 @@
 
 :class:`MqttPublisher` is a :class:`~simulator.recording.recorder.Recorder`
 listener. Recorder.emit calls it from any thread, after the event is on
-disk; the listener only serialises the event and appends it to a bounded
+disk. The listener only serialises the event and appends it to a bounded
 buffer, so a slow or absent broker never holds up a node, a link or the
 timeline. When the buffer is full the oldest event is dropped and counted.
 ``events.jsonl`` stays complete whatever happens to the broker.
@@ -78,11 +78,12 @@ def status_topic(run_id: str) -> str:
 class _Message:
     topic: str
     payload: bytes
+    seq: int
 
 
 @dataclass(frozen=True)
 class MqttCounts:
-    """What became of the events offered to the publisher; summary.json records it.
+    """Counts of the events offered to the publisher, as summary.json records them.
 
     ``published`` + ``dropped`` equals the events offered, because every
     event still buffered when the publisher stops counts as dropped.
@@ -182,8 +183,10 @@ class MqttPublisher:
 
     def offer(self, event: dict[str, Any]) -> None:
         """Buffer one event for publication; drop the oldest when the buffer is full."""
+        seq = event.get("seq")
         message = _Message(event_topic(self.run_id, event),
-                           json.dumps(event, default=str).encode("utf-8"))
+                           json.dumps(event, default=str).encode("utf-8"),
+                           seq if isinstance(seq, int) else 0)
         with self._lock:
             self._offered += 1
             if not self._accepting:
@@ -192,11 +195,19 @@ class MqttPublisher:
             if len(self._buffer) >= self.settings.buffer_events:
                 self._buffer.popleft()
                 self._dropped += 1
-            self._buffer.append(message)
+            self._insert_in_order(message)
             notify = not self._wake_pending
             self._wake_pending = True
         if notify:
             self._notify()
+
+    def _insert_in_order(self, message: _Message) -> None:
+        # The recorder calls listeners after releasing its lock, so two threads
+        # can deliver events out of seq order; they are rarely more than one apart.
+        index = len(self._buffer)
+        while index > 0 and self._buffer[index - 1].seq > message.seq:
+            index -= 1
+        self._buffer.insert(index, message)
 
     def _notify(self) -> None:
         loop, wake = self._loop, self._wake
@@ -229,7 +240,9 @@ class MqttPublisher:
         Events still buffered when the timeout ends, or when the broker is
         unreachable, are counted as dropped.
         """
-        assert self._task is not None and self._closing is not None and self._wake is not None
+        assert self._task is not None, "start() was not called"
+        assert self._closing is not None
+        assert self._wake is not None
         self._final_status = final_status
         self._closing.set()
         self._wake.set()
@@ -249,7 +262,7 @@ class MqttPublisher:
             await self._connect_loop()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the publisher must never end the run
+        except Exception as exc:
             _LOGGER.exception("MQTT publisher stopped")
             self._record("mqtt.publisher_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -335,7 +348,7 @@ class MqttPublisher:
             with self._lock:
                 self._published += len(batch) - len(failed)
             self._requeue(failed)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        errors = [r for r in results or [] if isinstance(r, BaseException)]
         if not errors:
             return
 

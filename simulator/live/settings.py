@@ -3,7 +3,7 @@
 The broker URL is ``mqtt://HOST[:PORT]`` (port 1883 by default) or
 ``mqtts://HOST[:PORT]`` for TLS (port 8883 by default). It may appear in a
 topology file, which every run copies into its run directory, so a URL with
-a user name or password is rejected: credentials come only from command-line
+a user name or password is rejected. Credentials come only from command-line
 options and environment variables, and no run file or log gets them.
 """
 

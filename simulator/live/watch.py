@@ -4,8 +4,8 @@
 into per-run counts, and :func:`watch` subscribes, updates a rich Live
 table, and returns once the watched runs have finished.
 
-Without a run id, every run is shown whose status the watcher sees as
-``running``, and the watch ends when all of them have finished. A retained
+Without a run id, the watch shows every run whose status it receives as
+``running``, and ends when all of them have finished. A retained
 ``finished`` status of an older run is not shown and does not end the
 watch. With a run id, the watch ends as soon as that run's status is
 ``finished``, even when the retained status says so at once.
@@ -52,7 +52,7 @@ class FailureCount:
 
 @dataclass
 class RunView:
-    """What the watcher knows about one run."""
+    """The status and counts of one run, from the messages received so far."""
 
     run_id: str
     status: dict[str, Any] = field(default_factory=dict)
@@ -183,7 +183,11 @@ def _render_run(view: RunView) -> list[RenderableType]:
     )
     outcome = f", outcome {status['outcome']}" if "outcome" in status else ""
     held = status.get("expectations_held")
-    verdict = "" if held is None else (", expectations held" if held else ", expectations FAILED")
+    verdict = ""
+    if held is True:
+        verdict = ", expectations held"
+    elif held is False:
+        verdict = ", expectations FAILED"
     header = Text(f"Run {view.run_id}: {view.state}{outcome}{verdict}. {progress}".rstrip(),
                   style="bold")
 

@@ -30,13 +30,6 @@ RUN_FORMAT_VERSION = 1
 EventListener = Callable[[dict[str, Any]], None]
 
 
-def _add_times(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    event_dict["t_mono"] = round(time.monotonic(), 6)
-    event_dict["t_wall"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-
-    return event_dict
-
-
 class Recorder:
     """Writer of ``events.jsonl`` for one run, and fan-out to listeners.
 
@@ -57,7 +50,6 @@ class Recorder:
         self._logger = structlog.wrap_logger(
             structlog.WriteLogger(self._file),
             processors=[
-                _add_times,
                 structlog.processors.EventRenamer("kind"),
                 structlog.processors.JSONRenderer(sort_keys=False, default=str),
             ],
@@ -75,6 +67,9 @@ class Recorder:
                 return {}
             record: dict[str, Any] = {"seq": next(self._seq), "run_id": self.run_id}
             record.update(fields)
+            # Times go into the record itself, so listeners get them too.
+            record["t_mono"] = round(time.monotonic(), 6)
+            record["t_wall"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
             self._logger.msg(kind, **record)
             self._file.flush()
             # Rebuild what was written, without re-reading the file.

@@ -378,7 +378,7 @@ def _check_toxiproxy_url(value: str) -> str:
 
 
 class EventSettings(_Strict):
-    """Where the run publishes its events while it runs; see docs/live-events.md."""
+    """The live event stream: the MQTT broker that gets every event; see docs/live-events.md."""
 
     mqtt: str | None = Field(
         None, description="Broker URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] for TLS. "
@@ -404,7 +404,7 @@ class EventSettings(_Strict):
 
 
 class FaultBackendSettings(_Strict):
-    """What applies the byte-level faults of the links; see docs/toxiproxy.md."""
+    """The fault backend: the proxy that applies the links' byte-level faults; see docs/toxiproxy.md."""
 
     backend: Literal["simulator", "toxiproxy"] = Field(
         "simulator", description="simulator: the link proxies; toxiproxy: a Toxiproxy server "

@@ -4,7 +4,7 @@ Modules:
 
 - :mod:`.api` serves the part of Toxiproxy's HTTP API that clients use, on
   127.0.0.1, mapping proxies to the run's links and toxics to their faults
-  (``rehearse run --toxiproxy-api PORT``); :mod:`.collection` holds that
+  (``rehearse run --toxiproxy-api PORT``); :mod:`.collection` contains that
   mapping and :mod:`.http` the small HTTP/1.1 server under it.
 - :mod:`.backend` creates one proxy per link on a real Toxiproxy server and
   drives the byte-level faults there (``faults: {backend: toxiproxy, url: ...}``

@@ -1,7 +1,7 @@
 """The Toxiproxy fault backend: byte-level faults applied by a Toxiproxy server.
 
 With ``faults: {backend: toxiproxy, url: http://HOST:8474}`` in the
-topology, the runner asks :class:`ToxiproxyBackend` for each link. It
+topology, the runner calls :class:`ToxiproxyBackend` for each link. It
 creates one Toxiproxy proxy per link, named ``rehearse.<site>.<link>``,
 whose upstream is the link's receiving node, and the link's own proxy
 forwards to it::
@@ -101,7 +101,7 @@ class ToxiproxyBackend:
             return False
 
     async def start(self) -> None:
-        """Check that the server answers; raise ToxiproxyError naming the URL when it does not."""
+        """Read the server's version; raise ToxiproxyError naming the URL when that fails."""
         version = await asyncio.to_thread(self.call, "read the version", _version)
         self.recorder.emit("toxiproxy.backend_started", url=self.url, version=version)
 
@@ -139,7 +139,7 @@ class ToxiproxyBackend:
             return future.result(timeout=REQUEST_TIMEOUT_S)
         except FutureTimeoutError as exc:
             raise ToxiproxyError(
-                f"Toxiproxy at {self.url} did not answer within {REQUEST_TIMEOUT_S:g} s "
+                f"Toxiproxy at {self.url} did not respond within {REQUEST_TIMEOUT_S:g} s "
                 f"to {action}; check the server or faults.url in the topology"
             ) from exc
         except requests.RequestException as exc:
@@ -149,7 +149,7 @@ class ToxiproxyBackend:
             ) from exc
         except (NotFound, ProxyExists, InvalidToxic) as exc:
             raise ToxiproxyError(
-                f"Toxiproxy at {self.url} refused to {action}: {_response_text(exc)}"
+                f"Toxiproxy at {self.url} rejected the request to {action}: {_response_text(exc)}"
             ) from exc
 
     def _locked(self, function: Callable[..., T], *args: Any) -> T:
@@ -163,7 +163,7 @@ def _version() -> str:
     try:
         return str(response.json().get("version", ""))
     except ValueError:
-        return response.text.strip()
+        return str(response.text).strip()
 
 
 def _create_proxy(name: str, upstream: str, listen: str) -> toxiproxy.Proxy:

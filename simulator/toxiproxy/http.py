@@ -1,9 +1,10 @@
 """A small HTTP/1.1 server on asyncio streams, enough for a JSON API on loopback.
 
-It serves one request at a time per connection, keeps connections alive
-as HTTP/1.1 does, and reads bodies by ``Content-Length`` only: a chunked
-request gets 411 Length Required, because the clients of Toxiproxy's API
-(toxiproxy-python through requests, the Go client, curl) send the length.
+It serves one request at a time per connection and keeps connections
+alive as HTTP/1.1 does. It reads bodies by ``Content-Length`` only, and a
+chunked request gets 411 Length Required, because the clients of
+Toxiproxy's API (toxiproxy-python through requests, the Go client, curl)
+send the length.
 Handlers run on the server's event loop, so they may change state that
 other tasks of that loop own without any lock.
 """
@@ -122,7 +123,7 @@ class HttpServer:
     async def _respond(self, request: HttpRequest) -> HttpResponse:
         try:
             return await self.handler(request)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must answer 500, not drop the socket
+        except Exception as exc:
             _LOGGER.exception("HTTP handler failed on %s %s", request.method, request.target)
             return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
