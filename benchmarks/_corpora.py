@@ -1,14 +1,13 @@
-"""The corpora the benchmarks send, and the plan every sender and receiver is given.
+"""The corpora the benchmarks send: plans of existing folders and synthetic objects.
 
-A plan lists the files and the (SOP class, transfer syntax) pairs they use.
-pynetdicom workers propose one presentation context per pair, as the
-simulator's nodes do, and the DCMTK peers get the same pairs through a
-generated configuration file, because storescu proposes only uncompressed
-transfer syntaxes by default.
+:func:`plan_for` indexes a folder with the simulator's own corpus reader.
+pynetdicom workers propose one presentation context per (SOP class,
+transfer syntax) pair of the plan, as the simulator's nodes do. The DCMTK
+peers get the same pairs through :func:`write_dcmtk_config`, because
+storescu proposes only uncompressed transfer syntaxes by default.
 
 The synthetic objects are written with pydicom. Their pixel data is one
-block of seeded random bytes, repeated, so that no file is sparse and no
-later stage can compress it to nothing.
+block of seeded random bytes, repeated, so that no file is sparse.
 """
 
 from __future__ import annotations
@@ -18,11 +17,11 @@ import struct
 from collections import defaultdict
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
-
 from _plan import Plan
 from _procs import BenchmarkError
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+
 from simulator.corpus import Corpus
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -49,7 +48,7 @@ def plan_for(root: Path) -> Plan:
     return Plan(root, tuple(i.path for i in instances), pairs, sum(i.size_bytes for i in instances))
 
 
-def _ct_template(study_uid: str, series_uid: str, frame_of_reference_uid: str) -> Dataset:
+def _ct_template(study_uid: UID, series_uid: UID, frame_of_reference_uid: UID) -> Dataset:
     ds = Dataset()
     ds.SOPClassUID = CT_IMAGE_STORAGE
     ds.Modality = "CT"
@@ -81,8 +80,8 @@ def _ct_template(study_uid: str, series_uid: str, frame_of_reference_uid: str) -
 
 def _file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
 
@@ -155,7 +154,7 @@ def write_dcmtk_config(path: Path, pairs: tuple[tuple[str, str], ...]) -> Path:
     lines = ["[[TransferSyntaxes]]"]
     for index, ts in enumerate(syntaxes, start=1):
         lines += [f"[TS{index}]", f"TransferSyntax1 = {ts}"]
-    for index, (sop_class, group) in enumerate(by_sop_class.items(), start=1):
+    for index, group in enumerate(by_sop_class.values(), start=1):
         lines.append(f"[ACCEPT{index}]")
         lines += [f"TransferSyntax{n} = {ts}" for n, ts in enumerate(group, start=1)]
     lines += ["[[PresentationContexts]]", "[PROPOSE]"]

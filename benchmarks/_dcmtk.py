@@ -42,8 +42,10 @@ def start_storescp(config: Path, out_dir: Path, max_pdu: int, log_dir: Path) -> 
     """Start storescp with the BenchSCP profile of ``config``; return it and its port."""
     out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [STORESCP_PATH, "--config-file", config, "BenchSCP", "--output-directory", out_dir,
-            "--bit-preserving", "--max-pdu", str(max_pdu), "--aetitle", "BENCH_SCP", str(port)]
+    argv: list[str | Path] = [
+        STORESCP_PATH, "--config-file", config, "BenchSCP", "--output-directory", out_dir,
+        "--bit-preserving", "--max-pdu", str(max_pdu), "--aetitle", "BENCH_SCP", str(port),
+    ]
     child = Child("storescp", argv, log_dir / "storescp.log", env=dcmtk_environment(),
                   merge_stderr=True).start()
     wait_for_port(port, time.monotonic() + START_TIMEOUT_S, child)
@@ -61,12 +63,14 @@ class StorescuRun:
 def run_storescu(config: Path, plan: Plan, port: int, max_pdu: int, log_dir: Path,
                  timeout_s: float) -> StorescuRun:
     """Send every file of ``plan`` on one association and time it from the verbose log."""
-    peak_path = log_dir / "storescu.peak_rss_kb"
-    # GNU time's %M is the ru_maxrss of storescu alone: time is small when it forks.
-    argv = [GNU_TIME_PATH, "--format", "%M", "--output", peak_path,
-            STORESCU_PATH, "--verbose", "--config-file", config, "BenchSCU", "--no-halt",
-            "--aetitle", "BENCH_SCU", "--call", "BENCH_SCP", "--max-pdu", str(max_pdu),
-            LOOPBACK_HOST, str(port), *plan.files]
+    peak_path = log_dir / "storescu.time"
+    # GNU time's %M is the ru_maxrss of storescu alone, because time is small when it forks.
+    argv: list[str | Path] = [
+        GNU_TIME_PATH, "--format", "%M %U %S", "--output", peak_path,
+        STORESCU_PATH, "--verbose", "--config-file", config, "BenchSCU", "--no-halt",
+        "--aetitle", "BENCH_SCU", "--call", "BENCH_SCP", "--max-pdu", str(max_pdu),
+        LOOPBACK_HOST, str(port), *plan.files,
+    ]
     child = Child("storescu", argv, log_dir / "storescu.log", env=dcmtk_environment(),
                   merge_stderr=True).start()
     try:
@@ -82,6 +86,8 @@ def run_storescu(config: Path, plan: Plan, port: int, max_pdu: int, log_dir: Pat
             f"see {child.log_path}"
         )
 
-    process.peak_rss_kb = int(peak_path.read_text().split()[-1])
+    peak_kb, user_s, system_s = peak_path.read_text().split()[-3:]
+    process.peak_rss_kb = int(peak_kb)
+    process.cpu_s = float(user_s) + float(system_s)
 
     return StorescuRun(released[-1] - requested[0], succeeded, process)

@@ -4,7 +4,7 @@ Every side of a measured transfer runs in its own process, so that its
 peak resident set size (RSS) belongs to that side alone. A sampler thread
 reads ``VmRSS`` and ``VmHWM`` (the peak RSS) from ``/proc/PID/status``
 every RSS_SAMPLE_INTERVAL_S. The peak reported is the last ``VmHWM`` read,
-so a new peak in the last interval before the child exits is missed; the
+so a new peak in the last interval before the child exits is missed. The
 Python workers therefore also report their own ``VmHWM`` just before they
 exit. ``ru_maxrss`` from ``wait4()`` is not used, because on Linux it also
 counts the memory the child shared with this process between fork and
@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 
 LOOPBACK_HOST = "127.0.0.1"
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -42,6 +42,7 @@ STORESCU_PATH = Path("/usr/bin/storescu")
 REHEARSE_PATH = Path(sys.executable).parent / "rehearse"
 
 RSS_SAMPLE_INTERVAL_S = 0.02
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 STOP_GRACE_S = 10.0
 
 
@@ -65,7 +66,8 @@ def wait_for_port(port: int, deadline_s: float, child: Child) -> None:
                 return
         except OSError:
             time.sleep(0.02)
-    raise BenchmarkError(f"{child.name} did not listen on port {port} in time; see {child.log_path}")
+    msg = f"{child.name} did not listen on port {port} in time; see {child.log_path}"
+    raise BenchmarkError(msg)
 
 
 def dcmtk_environment() -> dict[str, str]:
@@ -75,19 +77,28 @@ def dcmtk_environment() -> dict[str, str]:
 
 @dataclass
 class Finished:
-    """How a child process ended and what it used."""
+    """Exit status and resource use of a finished child process."""
 
     returncode: int
     peak_rss_kb: int
     """The last VmHWM sampled, in KiB."""
     wall_s: float
+    cpu_s: float
+    """User plus system CPU time from the last /proc/PID/stat read, in seconds."""
     samples: list[tuple[float, int]] = field(default_factory=list)
     """(time.monotonic(), VmRSS in KiB) pairs, taken every RSS_SAMPLE_INTERVAL_S."""
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)
+    """(time.monotonic(), CPU seconds so far) pairs, taken with ``samples``."""
 
     def peak_rss_kb_between(self, start_mono: float, end_mono: float) -> int | None:
         """Return the highest sampled VmRSS in [start_mono, end_mono], or None without samples."""
         window = [kb for t, kb in self.samples if start_mono <= t <= end_mono]
         return max(window) if window else None
+
+    def cpu_s_between(self, start_mono: float, end_mono: float) -> float | None:
+        """Return the CPU seconds used between the samples nearest inside the window."""
+        window = [cpu for t, cpu in self.cpu_samples if start_mono <= t <= end_mono]
+        return window[-1] - window[0] if len(window) > 1 else None
 
     def rss_kb_before(self, mono: float) -> int | None:
         """Return the last VmRSS sampled before ``mono``, or None."""
@@ -101,7 +112,7 @@ class Child:
     def __init__(
         self,
         name: str,
-        argv: Sequence[str],
+        argv: Sequence[str | Path],
         log_path: Path,
         env: Mapping[str, str] | None = None,
         merge_stderr: bool = False,
@@ -116,7 +127,9 @@ class Child:
         self.started_mono = 0.0
         self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self._samples: list[tuple[float, int]] = []
+        self._cpu_samples: list[tuple[float, float]] = []
         self._peak_rss_kb = 0
+        self._cpu_s = 0.0
         self._popen: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
         self._threads: list[threading.Thread] = []
@@ -167,12 +180,18 @@ class Child:
             self._exited.wait(RSS_SAMPLE_INTERVAL_S)
 
     def _read_status(self) -> bool:
-        """Record VmRSS and VmHWM once; return False when the process is gone."""
+        """Record VmRSS, VmHWM and CPU time once; return False when the process is gone."""
         try:
             text = Path(f"/proc/{self.pid}/status").read_text()
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:
             return False
         now = time.monotonic()
+        # Fields 14 and 15 of stat, counted after the parenthesised command name.
+        ticks = stat.rsplit(")", 1)[1].split()
+        if len(ticks) > 12:
+            self._cpu_s = max(self._cpu_s, (int(ticks[11]) + int(ticks[12])) / CLOCK_TICKS_PER_S)
+            self._cpu_samples.append((now, self._cpu_s))
         # A zombie has no memory lines, so the last values read stay.
         for line in text.splitlines():
             if line.startswith("VmRSS:"):
@@ -195,10 +214,12 @@ class Child:
                         self.raise_if_exited(f"before it sent {kind!r}")
                 continue
             if message.get("kind") == "error":
-                raise BenchmarkError(f"{self.name} failed: {message.get('message')}; see {self.log_path}")
+                msg = f"{self.name} failed: {message.get('message')}; see {self.log_path}"
+                raise BenchmarkError(msg)
             if message.get("kind") == kind:
                 return message
-        raise BenchmarkError(f"{self.name} sent no {kind!r} message within {timeout_s} s; see {self.log_path}")
+        msg = f"{self.name} sent no {kind!r} message within {timeout_s} s; see {self.log_path}"
+        raise BenchmarkError(msg)
 
     def _drain_reader(self) -> None:
         self._threads[0].join(timeout=5)
@@ -209,6 +230,12 @@ class Child:
     def raise_if_exited(self, when: str) -> None:
         if self._has_exited():
             raise BenchmarkError(f"{self.name} exited {when}; see {self.log_path}")
+
+    def dump_stacks(self) -> None:
+        """Ask a Python worker still running to write every thread's stack to its log."""
+        if self._popen is not None and not self._has_exited():
+            self._popen.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
 
     def send_line(self, line: str) -> None:
         assert self._popen is not None and self._popen.stdin is not None
@@ -235,9 +262,11 @@ class Child:
             self._popen.stdin.close()
         assert self._log is not None
         self._log.close()
-        self.finished = Finished(self._popen.returncode, self._peak_rss_kb, wall_s, list(self._samples))
+        self.finished = Finished(self._popen.returncode, self._peak_rss_kb, wall_s, self._cpu_s,
+                                 list(self._samples), list(self._cpu_samples))
         if timed_out:
-            raise BenchmarkError(f"{self.name} ran longer than {timeout_s} s and was killed; see {self.log_path}")
+            msg = f"{self.name} ran longer than {timeout_s} s and was killed; see {self.log_path}"
+            raise BenchmarkError(msg)
 
         return self.finished
 
@@ -245,6 +274,7 @@ class Child:
         """End the child with SIGTERM, then SIGKILL after ``timeout_s``."""
         if self.finished is not None:
             return self.finished
+        assert self._popen is not None, "the child has not started"
         if not self._has_exited():
             self._read_status()
             self._popen.terminate()

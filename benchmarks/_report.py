@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from _procs import REPO_DIR, STORESCU_PATH
+from _revision import REVISION_ENV
 
 MB = 1_000_000
 KIB_PER_MIB = 1024
@@ -51,6 +52,10 @@ def _dcmtk_version() -> str:
 
 
 def _git_revision() -> str:
+    extracted = os.environ.get(REVISION_ENV)
+    if extracted:
+        return f"{extracted[:12]} (simulator/ extracted with git archive)"
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True,
                               text=True, timeout=10, check=False).stdout.strip()
@@ -58,7 +63,7 @@ def _git_revision() -> str:
     revision = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--", "simulator")
 
-    return f"{revision} (simulator/ has uncommitted changes)" if dirty else revision
+    return f"{revision} plus uncommitted changes in simulator/" if dirty else revision
 
 
 def machine_info() -> dict[str, Any]:
@@ -72,19 +77,17 @@ def machine_info() -> dict[str, Any]:
         "pynetdicom": metadata.version("pynetdicom"),
         "dcmtk": _dcmtk_version(),
         "revision": _git_revision(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([os.path.relpath(sys.executable, REPO_DIR), *sys.argv]),
     }
 
 
 def machine_lines(info: dict[str, Any]) -> list[str]:
-    return [
-        f"- CPU: {info['cpu']}, {info['cpus']} logical CPUs; memory {info['memory_mib']} MiB; "
-        f"Linux {info['kernel']}",
-        f"- Python {info['python']}, pydicom {info['pydicom']}, pynetdicom {info['pynetdicom']}, "
-        f"DCMTK {info['dcmtk']}",
-        f"- Revision {info['revision']}",
-        f"- Command: `{info['command']}`",
-    ]
+    machine = (f"- CPU: {info['cpu']}, {info['cpus']} logical CPUs; "
+               f"memory {info['memory_mib']} MiB; Linux {info['kernel']}")
+    versions = (f"- Python {info['python']}, pydicom {info['pydicom']}, "
+                f"pynetdicom {info['pynetdicom']}, DCMTK {info['dcmtk']}")
+
+    return [machine, versions, f"- Revision {info['revision']}", f"- Command: `{info['command']}`"]
 
 
 @dataclass
@@ -101,6 +104,8 @@ class Measurement:
     sender_peak_rss_kb: int | None
     receiver_peak_rss_kb: int | None
     proxy_peak_rss_kb: int | None = None
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """User plus system CPU seconds per process: sender, receiver, proxy or simulator."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -133,12 +138,14 @@ def _max_or_none(values: Sequence[int | None]) -> int | None:
 
 
 def table(measurements: Sequence[Measurement], scenarios: Sequence[str]) -> list[str]:
-    """Return a Markdown table: median (min-max) per scenario, peak RSS as the maximum seen."""
-    lines = [
-        "| scenario | runs | instances | MB | time (s) | instances/s | MB/s "
-        "| sender peak RSS (MiB) | receiver peak RSS (MiB) | proxy peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """Return a Markdown table: median (min-max) per scenario, peak RSS as the maximum seen.
+
+    The last column is the highest CPU load of other processes during a run.
+    """
+    header = ("| scenario | runs | instances | MB | time (s) | instances/s | MB/s "
+              "| sender peak RSS (MiB) | receiver peak RSS (MiB) | proxy peak RSS (MiB) "
+              "| other load (CPUs, max) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for scenario in scenarios:
         runs = [m for m in measurements if m.scenario == scenario]
         if not runs:
@@ -150,10 +157,32 @@ def table(measurements: Sequence[Measurement], scenarios: Sequence[str]) -> list
             f"| {_spread([m.mb_per_s for m in runs], 1)} "
             f"| {_mib(_max_or_none([m.sender_peak_rss_kb for m in runs]))} "
             f"| {_mib(_max_or_none([m.receiver_peak_rss_kb for m in runs]))} "
-            f"| {_mib(_max_or_none([m.proxy_peak_rss_kb for m in runs]))} |"
+            f"| {_mib(_max_or_none([m.proxy_peak_rss_kb for m in runs]))} "
+            f"| {max(m.extra.get('foreign_cpus', 0.0) for m in runs):.2f} |"
         )
 
     return lines
+
+
+def cpu_table(measurements: Sequence[Measurement], scenarios: Sequence[str]) -> list[str]:
+    """Return a Markdown table of the median CPU seconds of each process, and per MB sent."""
+    lines = ["| scenario | process | CPU s | CPU ms per MB |", "|---|---|---|---|"]
+    for scenario in scenarios:
+        runs = [m for m in measurements if m.scenario == scenario]
+        if not runs:
+            continue
+        for process in runs[0].cpu_s:
+            seconds = statistics.median(m.cpu_s[process] for m in runs)
+            per_mb_ms = 1000 * seconds / (runs[0].size_bytes / MB)
+            lines.append(f"| {scenario} | {process} | {seconds:.2f} | {per_mb_ms:.1f} |")
+
+    return lines
+
+
+def failure_lines(measurements: Sequence[Measurement]) -> list[str]:
+    """Return one line per failed attempt that a later attempt replaced."""
+    return [f"- {m.corpus} {m.scenario} #{m.repetition}, {error}"
+            for m in measurements for error in m.extra.get("failed_attempts", [])]
 
 
 def median_rate(measurements: Sequence[Measurement], scenario: str) -> float | None:
