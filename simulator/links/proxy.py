@@ -488,10 +488,10 @@ class LinkProxy:
         connection.bytes_read[direction] += len(chunk)
         self._count_stats(direction, len(chunk))
         reader = connection.pdu_readers[direction]
-        if not reader.stopped:
-            self._record(connection, direction, reader.feed(chunk))
         runner = self._stage_runner(connection, direction)
         if runner is not None:
+            if not reader.stopped:
+                self._record(connection, direction, reader.feed(chunk))
             await runner.put(chunk, connection.bytes_read[direction] - len(chunk))
             return True
 
@@ -499,6 +499,11 @@ class LinkProxy:
         try:
             sink.write(chunk)
             connection.bytes_written[direction] += len(chunk)
+            # Parse after the write, so reading PDUs overlaps with the transfer
+            # instead of adding to each exchange's latency. No other task runs
+            # before the drain, so events keep the order of the bytes.
+            if not reader.stopped:
+                self._record(connection, direction, reader.feed(chunk))
             await sink.drain()
         except OSError as exc:
             connection.on_reset(SINK_SIDES[direction], exc)

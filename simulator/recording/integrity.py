@@ -17,6 +17,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 PIXEL_DATA = BaseTag(0x7FE00010)
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -71,7 +72,9 @@ def _pixel_hash(path: Path) -> str | None:
         return None
     offset = getattr(raw, "value_tell", None)
     length = getattr(raw, "length", None)
-    if offset is None or length is None:
+    deflated = dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    # In a deflated file the offset counts in the inflated stream, not the file.
+    if offset is None or length is None or deflated:
         value = dataset[PIXEL_DATA].value
         return hashlib.sha256(value if isinstance(value, bytes) else bytes(value)).hexdigest()
     digest = hashlib.sha256()
