@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -35,14 +35,14 @@ def _fail_input(exc: Exception) -> typer.Exit:
 
 
 # Options of the live event stream, shared by run and watch; see docs/live-events.md.
-MqttUsername = Annotated[Optional[str], typer.Option(
+MqttUsername = Annotated[str | None, typer.Option(
     "--mqtt-username", help="Broker user name (default: $REHEARSE_MQTT_USERNAME).")]
-MqttPasswordEnv = Annotated[Optional[str], typer.Option(
+MqttPasswordEnv = Annotated[str | None, typer.Option(
     "--mqtt-password-env", metavar="VAR",
     help="Environment variable that contains the broker password (default: REHEARSE_MQTT_PASSWORD).")]
 MqttTls = Annotated[bool, typer.Option(
     "--mqtt-tls", help="Connect to the broker over TLS, as an mqtts:// URL does.")]
-MqttCaFile = Annotated[Optional[Path], typer.Option(
+MqttCaFile = Annotated[Path | None, typer.Option(
     "--mqtt-ca-file", help="PEM file of the CAs that signed the broker's certificate; implies --mqtt-tls.")]
 
 
@@ -50,22 +50,22 @@ MqttCaFile = Annotated[Optional[Path], typer.Option(
 def run(
     topology: Annotated[Path, typer.Argument(help="Topology YAML file.")],
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
-    corpus: Annotated[Optional[Path], typer.Option(help="Corpus folder; overrides the scenario's.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory to create (default: runs/<scenario>-<time>).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed; overrides the scenario's.")] = None,
-    include_phi: Annotated[bool, typer.Option("--include-phi", help="Allow patient names, IDs and birth dates in logs and reports.")] = False,
+    corpus: Annotated[Path | None, typer.Option(help="Corpus folder; overrides the scenario's.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory to create (default: runs/<scenario>-<time>).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; overrides the scenario's.")] = None,
+    include_phi: Annotated[bool, typer.Option("--include-phi", help="Add patient names, IDs and birth dates to the ledger rows. Without it, no run file has any.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    mqtt: Annotated[Optional[str], typer.Option(
+    mqtt: Annotated[str | None, typer.Option(
         "--mqtt", metavar="URL", help="Also publish every event to this MQTT broker, "
         "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; overrides the topology's events.mqtt.")] = None,
     mqtt_username: MqttUsername = None,
     mqtt_password_env: MqttPasswordEnv = None,
     mqtt_tls: MqttTls = False,
     mqtt_ca_file: MqttCaFile = None,
-    mqtt_buffer: Annotated[Optional[int], typer.Option(
+    mqtt_buffer: Annotated[int | None, typer.Option(
         "--mqtt-buffer", metavar="EVENTS", help="Events kept while the broker is unreachable "
         "(default: the topology's events.mqtt_buffer, else 10000); the oldest are dropped past this.")] = None,
-    toxiproxy_api: Annotated[Optional[int], typer.Option(
+    toxiproxy_api: Annotated[int | None, typer.Option(
         "--toxiproxy-api", metavar="PORT", min=0, max=65535,
         help="Serve a Toxiproxy-compatible API for the links on 127.0.0.1:PORT while the run lasts.")] = None,
 ) -> None:
@@ -142,10 +142,12 @@ def schema(
     kind: Annotated[str, typer.Argument(help="'topology' or 'scenario'.")] = "topology",
 ) -> None:
     """Print the JSON Schema of topology or scenario files, for editors."""
+    from pydantic import BaseModel
+
     from simulator.scenario.model import Scenario
     from simulator.topology.model import Topology
 
-    models = {"topology": Topology, "scenario": Scenario}
+    models: dict[str, type[BaseModel]] = {"topology": Topology, "scenario": Scenario}
     if kind not in models:
         raise _fail_input(ValueError(f"unknown schema {kind!r}; choose topology or scenario"))
     document = models[kind].model_json_schema(by_alias=True)
@@ -156,7 +158,7 @@ def schema(
 @app.command()
 def validate(
     topology: Annotated[Path, typer.Argument(help="Topology YAML file.")],
-    scenario: Annotated[Optional[Path], typer.Argument(help="Scenario YAML file.")] = None,
+    scenario: Annotated[Path | None, typer.Argument(help="Scenario YAML file.")] = None,
 ) -> None:
     """Check topology (and scenario) files without running anything."""
     from simulator.scenario import load_scenario
@@ -215,7 +217,7 @@ def report(
         metavar="RUN", help="One run directory, or two with --diff (A, then B).")],
     compare: Annotated[bool, typer.Option(
         "--diff", help="Report on B against A instead of one run.")] = False,
-    out_file: Annotated[Optional[Path], typer.Option(
+    out_file: Annotated[Path | None, typer.Option(
         "--out", help="HTML file to write (default: RUN/report.html, or "
                       "RUN_B/diff-<A>.html with --diff).")] = None,
 ) -> None:
@@ -253,11 +255,11 @@ def report(
 @app.command()
 def check(
     topology: Annotated[Path, typer.Argument(help="Topology YAML file.")],
-    corpus: Annotated[Optional[Path], typer.Option(help="Corpus folder; overrides the scenario's.")] = None,
-    scenario: Annotated[Optional[Path], typer.Option(help="Scenario YAML file: its senders, selections and timeline.")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Corpus folder; overrides the scenario's.")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="Scenario YAML file: its senders, selections and timeline.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
-    against: Annotated[Optional[Path], typer.Option(help="Probe file from rehearse probe; compare it with --node.")] = None,
-    node: Annotated[Optional[str], typer.Option(help="Declared node to compare with the --against probe file.")] = None,
+    against: Annotated[Path | None, typer.Option(help="Probe file from rehearse probe; compare it with --node.")] = None,
+    node: Annotated[str | None, typer.Option(help="Declared node to compare with the --against probe file.")] = None,
 ) -> None:
     """Predict, before a run, the outcome of every route and (SOP class, transfer syntax).
 
@@ -279,10 +281,10 @@ def probe(
     port: Annotated[int, typer.Argument(help="Its DICOM port.")],
     called_ae: Annotated[str, typer.Option("--called-ae", help="AE title of the system.")],
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="AE title the probe calls from.")] = "REHEARSE_PROBE",
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="YAML file to write the node declaration to (default: print it).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="YAML file to write the node declaration to (default: print it).")] = None,
     pause_s: Annotated[float, typer.Option("--pause-s", help="Pause between associations, in seconds.")] = 0.2,
     max_associations: Annotated[int, typer.Option("--max-associations", help="Maximum number of associations; a probe that needs more is rejected before it starts.")] = 60,
-    sop_classes: Annotated[Optional[str], typer.Option("--sop-classes", help="Comma-separated SOP class keywords or UIDs to probe (default: every storage class, Verification and Query/Retrieve).")] = None,
+    sop_classes: Annotated[str | None, typer.Option("--sop-classes", help="Comma-separated SOP class keywords or UIDs to probe (default: every storage class, Verification and Query/Retrieve).")] = None,
 ) -> None:
     """Discover which SOP classes and transfer syntaxes a live system accepts, and its AE title checks."""
     from simulator.capability.commands import parse_sop_classes, run_probe
@@ -301,7 +303,7 @@ def probe(
 def watch(
     broker: Annotated[str, typer.Argument(
         metavar="MQTT_URL", help="Broker, mqtt://HOST[:PORT] or mqtts://HOST[:PORT].")],
-    run_id: Annotated[Optional[str], typer.Argument(
+    run_id: Annotated[str | None, typer.Argument(
         metavar="RUN_ID", help="Follow this run only (its id is in summary.json and on every topic); all runs when omitted.")] = None,
     mqtt_username: MqttUsername = None,
     mqtt_password_env: MqttPasswordEnv = None,

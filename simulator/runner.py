@@ -9,12 +9,12 @@ through :class:`~simulator.nodes.runtime.NodeServices`.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 import dataclasses
 import datetime as dt
 import secrets
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,14 @@ from typing import Any
 from pydicom import dcmread
 
 from simulator.capability import check_topology, compare_with_ledger
-from simulator.corpus import Corpus, CorpusInstance, bundled_corpus, group_instances
-from simulator.corpus import MANIFEST_NAME, materialize_repeat
+from simulator.corpus import (
+    MANIFEST_NAME,
+    Corpus,
+    CorpusInstance,
+    bundled_corpus,
+    group_instances,
+    materialize_repeat,
+)
 from simulator.errors import RunError
 from simulator.links.faults import FaultSpec, LinkFaults
 from simulator.links.firewall import Firewall, FirewallSpec
@@ -45,8 +51,6 @@ from simulator.recording.recorder import RUN_FORMAT_VERSION, BoundRecorder, Reco
 from simulator.recording.summary import write_outputs, write_summary_json
 from simulator.routing import RouteContext, parse_tag, route
 from simulator.scenario.model import Scenario, Step
-from simulator.toxiproxy.api import ToxiproxyApiServer
-from simulator.toxiproxy.backend import ToxiproxyBackend
 from simulator.topology.model import (
     ExternalNode,
     ModalityNode,
@@ -55,6 +59,8 @@ from simulator.topology.model import (
     StorageNode,
     Topology,
 )
+from simulator.toxiproxy.api import ToxiproxyApiServer
+from simulator.toxiproxy.backend import ToxiproxyBackend
 
 MAX_LISTED_DISAGREEMENTS = 50
 """Disagreements listed in summary.json; events.jsonl has every one."""
@@ -425,7 +431,7 @@ class Rehearsal:
         if not any(s.action == "start_sending" for s in steps):
             steps.insert(0, Step(action="start_sending", at_s=0))
         pending = list(enumerate(steps))
-        self._sender_tasks: list[asyncio.Task[None]] = []
+        self._sender_tasks = []
         deadline = self._started_mono + self.scenario.timeout_s
         async with asyncio.TaskGroup() as group:
             while True:
@@ -584,6 +590,8 @@ class Rehearsal:
             return {}
         self._record_unsent()
         self.ledger.finalize(self._verify)
+        if self.options.include_phi:
+            self._add_patient_data()
         self.ledger.write(self.run_dir / "ledger.jsonl")
         self.predictions = self._compare_with_check()
         summary = write_outputs(self, outcome, spool_left)
@@ -593,6 +601,22 @@ class Rehearsal:
         self.recorder.close()
 
         return summary
+
+    def _add_patient_data(self) -> None:
+        """Copy patient name, ID and birth date into ledger rows; only with --include-phi."""
+        headers: dict[str, dict[str, str]] = {}
+        for row in self.ledger:
+            source = self.source_paths.get(row.sop_instance_uid)
+            if source is None or not source.exists():
+                continue
+            if row.sop_instance_uid not in headers:
+                header = dcmread(source, stop_before_pixels=True)
+                headers[row.sop_instance_uid] = {
+                    "name": str(header.get("PatientName", "")),
+                    "id": str(header.get("PatientID", "")),
+                    "birth_date": str(header.get("PatientBirthDate", "")),
+                }
+            row.patient = headers[row.sop_instance_uid]
 
     def _compare_with_check(self) -> dict[str, Any]:
         """Compare what ``rehearse check`` predicts from the declarations with what happened.

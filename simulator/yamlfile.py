@@ -212,11 +212,11 @@ def _message(model: type[BaseModel], error: Any, location: Location, annotation:
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         field = error["ctx"]["discriminator"].strip("'\"")
         tags = _discriminator_tags(_union_members(annotation) or [], field)
-        allowed = ", ".join(tags) or "see the JSON Schema"
+        choices = ", ".join(tags) or "see the JSON Schema"
         if kind == "union_tag_not_found":
-            return f"missing {field}; give one of: {allowed}"
+            return f"missing {field}; give one of: {choices}"
         tag = str(error["ctx"]["tag"])
-        return f"unknown {field} {tag!r}; use one of: {allowed}{_did_you_mean(tag, tags)}"
+        return f"unknown {field} {tag!r}; use one of: {choices}{_did_you_mean(tag, tags)}"
     if kind in ("tuple_type", "list_type"):
         return "Input should be a list"
     if kind == "too_short" and error["ctx"].get("field_type") in ("Tuple", "List"):

@@ -87,3 +87,24 @@ senders:
     assert finding["observed"]["outcome"] == "delivered"
     report = (result.run_dir / "report.md").read_text(encoding="utf-8")
     assert "## Check against observation" in report
+
+
+def test_include_phi_adds_patient_data(tmp_path: Path) -> None:
+    """--include-phi puts patient name, ID and birth date in the ledger, and only then."""
+    topology_path = ROOT / "topologies" / "field" / "fc10-max-pdu-zero.yaml"
+    scenario_path = ROOT / "scenarios" / "field" / "fc10-max-pdu-zero.yaml"
+    topology = load_topology(topology_path)
+    scenario = load_scenario(scenario_path, topology)
+    without = run_rehearsal(topology, scenario, RunOptions(topology_path, scenario_path,
+                                                           tmp_path / "without"))
+    with_phi = run_rehearsal(topology, scenario, RunOptions(topology_path, scenario_path,
+                                                            tmp_path / "with", include_phi=True))
+
+    def rows(result: RunResult) -> list[dict[str, Any]]:
+        lines = (result.run_dir / "ledger.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+    assert rows(without)[0]["patient"] is None
+    patient = rows(with_phi)[0]["patient"]
+    assert patient["name"] == "CompressedSamples^CT1"
+    assert patient["id"] == "1CT1"

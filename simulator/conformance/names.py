@@ -101,8 +101,10 @@ def resolve_transfer_syntax(text: str) -> str:
     return _resolve(text, "transfer_syntax", "transfer syntax")
 
 
-def describe_uid(uid: str) -> str:
+def describe_uid(uid: str | None) -> str:
     """Return the keyword of a UID for reports, or the UID itself when unknown."""
+    if uid is None:
+        return "(none)"
     entry = UID_dictionary.get(uid)
     if entry is None:
         return uid

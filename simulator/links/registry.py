@@ -104,8 +104,10 @@ class AssociationRegistry:
         with self._lock:
             self._link_failures.pop(port, None)
 
-    def link_failure(self, port: int) -> Failure | None:
+    def link_failure(self, port: int | None) -> Failure | None:
         """Return the failure a link noted for the connection from ``port``, or None."""
+        if port is None:
+            return None
         with self._lock:
             return self._link_failures.get(port)
 

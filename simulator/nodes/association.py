@@ -12,12 +12,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import evt
-from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ, A_RELEASE_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
 from simulator.conformance.names import describe_uid
@@ -30,7 +29,8 @@ from simulator.recording.failures import (
 )
 from simulator.recording.recorder import BoundRecorder
 
-Handler = tuple[evt.NotificationEvent, Callable[..., Any]]
+Handler = Any
+"""A pynetdicom (event, handler) pair."""
 
 
 def set_tcp_nodelay(sock: socket.socket | None) -> None:
@@ -81,6 +81,8 @@ class AssociationTrace:
     accepted: bool = False
     all_contexts_rejected: bool = False
     released: bool = False
+    release_requested: bool = False
+    release_timed_out: bool = False
     connection_closed_mono: float | None = None
     last_activity_mono: float = field(default_factory=time.monotonic)
     last_received_mono: float = field(default_factory=time.monotonic)
@@ -137,6 +139,8 @@ class AssociationTrace:
             self.abort_sent = _abort_fields(pdu.source, pdu.reason_diagnostic)
             return
         self.last_activity_mono = time.monotonic()
+        if isinstance(pdu, A_RELEASE_RQ):
+            self.release_requested = True
         if isinstance(pdu, A_ASSOCIATE_RJ) and self.role == "acceptor":
             self.rejection = rejection_names(
                 pdu.result or 0, pdu.source or 0, pdu.reason_diagnostic or 0
@@ -216,6 +220,11 @@ class AssociationTrace:
             # network timeouts) fires EVT_ABORTED before the A-ABORT PDU is sent,
             # and always sends source 0 (service-user) with reason 0.
             self.abort_sent = _abort_fields(0, 0)
+        if self._release_timed_out():
+            # pynetdicom 3.0.4 ends a release that gets no A-RELEASE-RP within its ACSE
+            # timeout with an A-ABORT of source 2, and fires EVT_ABORTED before sending it.
+            self.release_timed_out = True
+            self.abort_sent = _abort_fields(2, 0)
         if self.abort_sent is not None:
             self.emit("association.aborted", pdu="A-ABORT", initiated_by="local", **self.abort_sent)
         elif self.abort_received is not None:
@@ -224,6 +233,12 @@ class AssociationTrace:
             # No A-ABORT PDU either way: the connection dropped (PS3.8 A-P-ABORT).
             self.emit("association.aborted", pdu="A-P-ABORT", initiated_by="provider",
                       **(self.provider_abort or {}))
+
+    def _release_timed_out(self) -> bool:
+        # A peer that closes the connection during the release closes it before EVT_ABORTED.
+        return (self.role == "requestor" and self.release_requested and not self.released
+                and self.abort_sent is None and self.abort_received is None
+                and self.provider_abort is None and self.connection_closed_mono is None)
 
     def _on_released(self, _event: Any) -> None:
         self.released = True

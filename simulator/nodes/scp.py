@@ -81,7 +81,8 @@ class StorageSCP:
         ae = AE(ae_title=self.declaration.ae_title)
         configure_ae(ae, self.declaration)
         add_scp_contexts(ae, self.declaration)
-        handlers = [(event_type, self._dispatch(name)) for event_type, name in _TRACE_EVENTS]
+        handlers: list[Any] = [(event_type, self._dispatch(name))
+                               for event_type, name in _TRACE_EVENTS]
         handlers.append((evt.EVT_C_STORE, self._on_c_store))
         handlers.append((evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS))
         ssl_context = self.services.tls.server_context() if self.declaration.tls else None
@@ -193,7 +194,7 @@ class StorageSCP:
             return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, _offending(
                 f"Unknown Specific Character Set {unknown[0]!r}", [0x00080005])
         missing = [kw for kw in self.required_keywords
-                   if kw not in dataset or dataset.data_element(kw).is_empty]
+                   if (element := dataset.data_element(kw)) is None or element.is_empty]
         if missing:
             tags = [t for t in (tag_for_keyword(kw) for kw in missing) if t]
             return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, _offending(

@@ -187,6 +187,9 @@ class StoreClient:
             if release or not assoc.is_established:
                 if assoc.is_established:
                     assoc.release()
+                if trace.release_timed_out:
+                    trace.emit("timeout", timeout_kind="acse", timed_out_side="requestor",
+                               timeout_s=self.declaration.timeouts.acse_s)
                 ae.shutdown()
             else:
                 trace.emit("association.held_open")
@@ -246,14 +249,15 @@ class StoreClient:
         elapsed_s = time.monotonic() - started
         status = getattr(response, "Status", None)
         if status is None:
-            failure = self._broken_association(trace, destination, elapsed_s)
+            broken = self._broken_association(trace, destination, elapsed_s)
             trace.emit("dimse.no_response", sop_instance_uid=item.sop_instance_uid,
-                       elapsed_s=round(elapsed_s, 4), **failure.as_record())
-            _emit_timeout(trace, failure, self.declaration.timeouts)
-            return StoreOutcome(item, None, failure, trace.assoc_id)
+                       elapsed_s=round(elapsed_s, 4), **broken.as_record())
+            _emit_timeout(trace, broken, self.declaration.timeouts)
+            return StoreOutcome(item, None, broken, trace.assoc_id)
 
         category = status_category(status)
         detail = _status_detail(response)
+        failure: Failure | None
         trace.emit("dimse.response", command="C-STORE-RSP", sop_instance_uid=item.sop_instance_uid,
                    status=f"0x{status:04X}", status_category=category,
                    elapsed_s=round(elapsed_s, 4), **detail)

@@ -48,6 +48,8 @@ class LedgerRow:
     acknowledged: bool = False
     intact: bool | None = None
     integrity: dict[str, Any] | None = None
+    patient: dict[str, str] | None = None
+    """Patient name, ID and birth date: only with ``--include-phi``, else None."""
     first_attempt_mono: float | None = None
     finished_mono: float | None = None
 

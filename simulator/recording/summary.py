@@ -63,12 +63,13 @@ def evaluate(expectation: Expectation, rows: list[LedgerRow]) -> dict[str, Any]:
         verdict["reason"] = f"{len(failed)} failed deliveries" if failed else "no failures"
         verdict["examples"] = [_row_brief(r) for r in failed[:5]]
         return verdict
-    spec = expectation.failure
-    assert spec is not None
-    found = [r for r in rows if _failure_kind(r) == spec.kind
-             and (spec.hop is None or (r.failure or {}).get("hop") == spec.hop)]
-    verdict["passed"] = len(found) >= spec.min_count
-    verdict["reason"] = f"{len(found)} deliveries failed with {spec.kind} (expected at least {spec.min_count})"
+    expected = expectation.failure
+    assert expected is not None
+    found = [r for r in rows if _failure_kind(r) == expected.kind
+             and (expected.hop is None or (r.failure or {}).get("hop") == expected.hop)]
+    verdict["passed"] = len(found) >= expected.min_count
+    verdict["reason"] = (f"{len(found)} deliveries failed with {expected.kind} "
+                         f"(expected at least {expected.min_count})")
 
     return verdict
 

@@ -24,15 +24,15 @@ from pydantic import (
 )
 from pydicom.datadict import keyword_dict
 
-from simulator.links.faults import FaultSpec, fault_problems
-from simulator.links.firewall import FirewallSpec
-from simulator.live.settings import DEFAULT_BUFFER_EVENTS, parse_mqtt_url
-from simulator.toxiproxy.settings import parse_toxiproxy_url
 from simulator.conformance.names import (
     UnknownNameError,
     resolve_sop_class,
     resolve_transfer_syntax,
 )
+from simulator.links.faults import FaultSpec, fault_problems
+from simulator.links.firewall import FirewallSpec
+from simulator.live.settings import DEFAULT_BUFFER_EVENTS, parse_mqtt_url
+from simulator.toxiproxy.settings import parse_toxiproxy_url
 
 DEFAULT_TRANSFER_SYNTAXES = ("ExplicitVRLittleEndian", "ImplicitVRLittleEndian")
 
