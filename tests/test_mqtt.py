@@ -42,10 +42,6 @@ REPO = Path(__file__).resolve().parent.parent
 WAIT_LIMIT_S = 60.0
 """Guard against a hung run, broker or subscriber; no test checks how long anything takes."""
 
-TIMES = ("t_mono", "t_wall")
-"""Fields that events.jsonl adds when writing; listeners, and so MQTT, do not get them."""
-
-
 @pytest.fixture(scope="module", autouse=True)
 def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Build the bundled corpus once for this module, in a cache folder of its own."""
@@ -120,10 +116,6 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-
-
-def without_times(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event.items() if k not in TIMES}
 
 
 def fast_settings(port: int, **fields: Any) -> MqttSettings:
@@ -218,7 +210,7 @@ def test_events_published_as_logged(tmp_path: Path, mosquitto: Callable[..., Mos
     final = [s for s in sub.statuses() if s["state"] == "finished"][-1]
 
     # Events that two threads record at the same moment may swap places on the wire.
-    assert {m["seq"]: m for _, m in received} == {e["seq"]: without_times(e) for e in logged}
+    assert {m["seq"]: m for _, m in received} == {e["seq"]: e for e in logged}
     assert {m["seq"]: t for t, m in received} == {
         e["seq"]: event_topic(result.run_id, e) for e in logged}
     assert len(received) == len(logged)
