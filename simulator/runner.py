@@ -383,6 +383,7 @@ class Rehearsal:
                 faults=faults,
                 firewall=Firewall(link.link_name, link.firewall, link_recorder),
                 source_node=link.from_node,
+                encrypted=nodes[link.from_node].tls and nodes[link.to_node].tls,
                 listen_port=link.listen_port or 0,
                 # The sender reaches the proxy at once; the proxy's upstream
                 # connect is where the sender's connection timeout applies.
@@ -673,6 +674,22 @@ class Rehearsal:
 
         return True, not comparison.unexplained, comparison.as_record()
 
+    def _nodes_reaching(self, destination: str) -> set[str]:
+        """Return the destination and every router whose rules can forward to it, directly or not."""
+        reaching = {destination}
+        changed = True
+        while changed:
+            changed = False
+            for name, router in self.site.routers.items():
+                if name in reaching:
+                    continue
+                targets = {t for _, rule in router.declaration.located_rules() for t in rule.forward}
+                if targets & reaching:
+                    reaching.add(name)
+                    changed = True
+
+        return reaching
+
     def _explained(self, destination: str) -> Explained:
         tags: set[str] = set()
         dropped = False
@@ -680,7 +697,9 @@ class Rehearsal:
         transcode = False
         for router in self.site.routers.values():
             decl = router.declaration
-            relevant = [r for _, r in decl.located_rules() if destination in r.forward]
+            leads_there = self._nodes_reaching(destination)
+            relevant = [r for _, r in decl.located_rules()
+                        if any(target in leads_there for target in r.forward)]
             if not relevant:
                 continue
             for rule in relevant:

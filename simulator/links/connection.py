@@ -80,11 +80,15 @@ class Connection:
     failure_sink: Callable[[Failure], None] | None = None
 
     def note_failure(self, kind: FailureKind, reason: str, side: Side = Side.LINK,
-                     **detail: Any) -> None:
+                     detail: dict[str, Any] | None = None) -> None:
         """Keep the first failure the link itself caused, and pass it to the proxy's sink."""
         if self.failure is not None:
             return
-        permanent = kind in (FailureKind.TLS_MISMATCH, FailureKind.PDU_OVER_LIMIT)
+        detail = detail or {}
+        # A rejection the link injected is permanent as a peer's would be: by its result.
+        permanent = kind in (FailureKind.TLS_MISMATCH, FailureKind.PDU_OVER_LIMIT) or (
+            kind == FailureKind.ASSOCIATION_REJECTED and detail.get("result") == 1
+        )
         self.failure = Failure(kind, self.link or None, side, permanent, reason, detail)
         self.recorder.emit("link.failure_noted", **self.failure.as_record())
         if self.failure_sink is not None:

@@ -129,6 +129,7 @@ class LinkProxy:
         source_node: str | None = None,
         max_pdu_length: int | None = None,
         max_pdu_action: Literal["reset", "abort"] = "reset",
+        encrypted: bool = False,
     ) -> None:
         if connect_timeout_s <= 0:
             raise ValueError(f"link {name}: connect_timeout_s must be > 0, not {connect_timeout_s}")
@@ -144,6 +145,8 @@ class LinkProxy:
         self.faults = faults if faults is not None else LinkFaults(name, 0, recorder)
         self.firewall = firewall if firewall is not None else Firewall(name, None, recorder)
         self.source_node = source_node
+        # Both ends speak TLS: the bytes are records, not PDUs, so none are read.
+        self.encrypted = encrypted
         self._middlebox_limit = (
             None if max_pdu_length is None else middlebox_fault(max_pdu_length, max_pdu_action)
         )
@@ -292,7 +295,8 @@ class LinkProxy:
             )
             connection.note_failure(
                 FailureKind.CONNECTION_REFUSED,
-                f"link {self.name} is down (fault {refusing[0].name})", fault=refusing[0].name,
+                f"link {self.name} is down (fault {refusing[0].name})",
+                detail={"fault": refusing[0].name},
             )
             return self._refuse(connection)
 
@@ -304,7 +308,8 @@ class LinkProxy:
         if guard is None:
             connection.note_failure(
                 FailureKind.CONNECTION_CLOSED,
-                f"the firewall on link {self.name} denied the connection", cause="firewall-denied",
+                f"the firewall on link {self.name} denied the connection",
+                detail={"cause": "firewall-denied"},
             )
             return self._refuse(connection)
 
@@ -328,7 +333,7 @@ class LinkProxy:
                 connection.note_failure(
                     FailureKind.CONNECTION_CLOSED,
                     f"the firewall on link {self.name} denied the association by its AE titles",
-                    cause="firewall-denied",
+                    detail={"cause": "firewall-denied"},
                 )
                 return self._refuse(connection)
 
@@ -434,6 +439,8 @@ class LinkProxy:
         )
         for direction in DIRECTIONS:
             connection.pdu_readers[direction] = recording.reader(direction)
+            if self.encrypted:
+                connection.pdu_readers[direction].stopped = True
             connection.pdu_counts[direction] = Counter()
             connection.command_counts[direction] = Counter()
             connection.contexts[direction] = StageContext(self.name, connection, direction)

@@ -218,7 +218,7 @@ class PDURecording:
             self._note_failure(
                 FailureKind.PDU_OVER_LIMIT,
                 f"a {header.length}-byte PDU exceeds the {limit} bytes the receiver advertised",
-                sender, length=header.length, limit=limit, direction=direction,
+                sender, {"length": header.length, "limit": limit, "direction": direction},
             )
         self._emit(
             "link.pdu_oversize",
@@ -241,7 +241,7 @@ class PDURecording:
                     FailureKind.TLS_MISMATCH,
                     "TLS on one side and plain DICOM on the other: a TLS record arrived where "
                     f"a PDU should start (it would read as a PDU of {error.claimed_length} bytes)",
-                    side, claimed_length=error.claimed_length, direction=direction,
+                    side, {"claimed_length": error.claimed_length, "direction": direction},
                 )
             self._emit(
                 "link.tls_mismatch",

@@ -53,7 +53,8 @@ class ConnectionControl(Protocol):
 
     def note_abnormal(self, reason: str) -> None: ...
 
-    def note_failure(self, kind: FailureKind, reason: str, side: Side = ..., **detail: Any) -> None: ...
+    def note_failure(self, kind: FailureKind, reason: str, side: Side = ...,
+                     detail: dict[str, Any] | None = None) -> None: ...
 
     async def wait_ended(self) -> None: ...
 
@@ -124,12 +125,16 @@ class StageContext:
         """Recorder bound to the link, the connection and, once known, the association."""
         return self._connection.recorder
 
-    def close(self, reason: str, reset: bool = False) -> None:
-        """End the connection on both sides, with an RST when ``reset`` is true, else a FIN."""
+    def close(self, reason: str, reset: bool = False,
+              fault: dict[str, str] | None = None) -> None:
+        """End the connection on both sides, with an RST when ``reset`` is true, else a FIN.
+
+        ``fault`` names the fault that ends it, for the failure the client will see.
+        """
         # A stage that ends the connection is the cause of whatever the client sees next.
         self._connection.note_failure(
             FailureKind.CONNECTION_RESET if reset else FailureKind.CONNECTION_CLOSED,
-            reason, direction=self.direction,
+            reason, detail={"direction": self.direction, **(fault or {})},
         )
         self._connection.close(reason, reset)
 
@@ -147,9 +152,10 @@ class StageContext:
         await self._connection.send(self.direction, data, after)
 
     def note_failure(self, kind: FailureKind, reason: str, side: Side = Side.LINK,
-                     **detail: Any) -> None:
+                     detail: dict[str, Any] | None = None) -> None:
         """Record the failure this link causes on the connection (the first one is kept)."""
-        self._connection.note_failure(kind, reason, side, direction=self.direction, **detail)
+        self._connection.note_failure(kind, reason, side,
+                                      {"direction": self.direction, **(detail or {})})
 
     def note_abnormal(self, reason: str) -> None:
         """Mark the connection as ending abnormally, so that its recent PDUs are recorded."""

@@ -22,9 +22,8 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from simulator.conformance.names import describe_uid
 from simulator.links.registry import AssociationRegistry
 from simulator.recording.failures import (
-    ABORT_REASON,
-    ABORT_SOURCE,
     CONTEXT_RESULT,
+    abort_names,
     rejection_names,
 )
 from simulator.recording.recorder import BoundRecorder
@@ -124,7 +123,7 @@ class AssociationTrace:
         self.last_received_mono = self.last_activity_mono
         pdu = event.pdu
         if isinstance(pdu, A_ABORT_RQ):
-            self.abort_received = _abort_fields(pdu.source, pdu.reason_diagnostic)
+            self.abort_received = abort_names(pdu.source, pdu.reason_diagnostic)
         elif isinstance(pdu, A_ASSOCIATE_RJ):
             # pynetdicom 3.0.4 can report a rejection as an abort when the peer
             # closes right after the A-ASSOCIATE-RJ; the PDU itself is reliable.
@@ -136,7 +135,7 @@ class AssociationTrace:
         pdu = event.pdu
         if isinstance(pdu, A_ABORT_RQ):
             # Not activity: an idle timeout is measured up to the abort it causes.
-            self.abort_sent = _abort_fields(pdu.source, pdu.reason_diagnostic)
+            self.abort_sent = abort_names(pdu.source, pdu.reason_diagnostic)
             return
         self.last_activity_mono = time.monotonic()
         if isinstance(pdu, A_RELEASE_RQ):
@@ -159,7 +158,7 @@ class AssociationTrace:
         elif isinstance(primitive, A_P_ABORT):
             self.provider_abort = {"provider_reason": primitive.provider_reason}
         elif isinstance(primitive, A_ABORT) and self.abort_received is None:
-            self.abort_received = _abort_fields(primitive.abort_source, 0)
+            self.abort_received = abort_names(primitive.abort_source, 0)
 
     def _on_request_received(self, assoc: Any, primitive: A_ASSOCIATE) -> None:
         # The proxy registered its upstream port before forwarding this
@@ -219,12 +218,12 @@ class AssociationTrace:
             # Association.abort() in pynetdicom 3.0.4 (used on its ACSE, DIMSE and
             # network timeouts) fires EVT_ABORTED before the A-ABORT PDU is sent,
             # and always sends source 0 (service-user) with reason 0.
-            self.abort_sent = _abort_fields(0, 0)
+            self.abort_sent = abort_names(0, 0)
         if self._release_timed_out():
             # pynetdicom 3.0.4 ends a release that gets no A-RELEASE-RP within its ACSE
             # timeout with an A-ABORT of source 2, and fires EVT_ABORTED before sending it.
             self.release_timed_out = True
-            self.abort_sent = _abort_fields(2, 0)
+            self.abort_sent = abort_names(2, 0)
         if self.abort_sent is not None:
             self.emit("association.aborted", pdu="A-ABORT", initiated_by="local", **self.abort_sent)
         elif self.abort_received is not None:
@@ -253,21 +252,6 @@ def idle_timer_expired(event: Any) -> bool:
     dul = getattr(event.assoc, "dul", None)
 
     return bool(dul is not None and dul.idle_timer_expired())
-
-
-def _abort_fields(source: int | None, reason: int | None) -> dict[str, Any]:
-    source = source or 0
-    reason = reason or 0
-    # PS3.8 9.3.8: the reason is significant only when the service-provider (2) aborted.
-    reason_name = "not-significant"
-    if source == 2:
-        reason_name = ABORT_REASON.get(reason, f"unknown ({reason})")
-    return {
-        "source": source,
-        "source_name": ABORT_SOURCE.get(source, f"unknown ({source})"),
-        "reason": reason,
-        "reason_name": reason_name,
-    }
 
 
 def _peer(assoc: Any, role: str) -> Any:

@@ -88,6 +88,23 @@ def rejection_names(result: int, source: int, reason: int) -> dict[str, Any]:
     }
 
 
+def abort_names(source: int | None, reason: int | None) -> dict[str, Any]:
+    """Return an A-ABORT's source and reason with their PS3.8 section 9.3.8 names."""
+    source = source or 0
+    reason = reason or 0
+    # The reason is significant only when the service-provider (2) aborted.
+    reason_name = "not-significant"
+    if source == 2:
+        reason_name = ABORT_REASON.get(reason, f"unknown ({reason})")
+
+    return {
+        "source": source,
+        "source_name": ABORT_SOURCE.get(source, f"unknown ({source})"),
+        "reason": reason,
+        "reason_name": reason_name,
+    }
+
+
 def status_category(status: int) -> str:
     """Return the PS3.7 Annex C category of a DIMSE status."""
     if status == 0x0000:

@@ -107,3 +107,8 @@ class FaultStage(Stage):
     def reason(self, detail: str) -> str:
         """Return a close reason that names the fault."""
         return f"fault {self.fault.name!r} ({self.fault.spec.type}): {detail}"
+
+    def close(self, ctx: StageContext, detail: str, reset: bool = False) -> None:
+        """End the connection for this fault, naming it in the failure the client will see."""
+        ctx.close(self.reason(detail), reset=reset,
+                  fault={"fault": self.fault.name, "fault_type": self.fault.spec.type})

@@ -35,7 +35,7 @@ class DownStage(FaultStage):
 
     def attach(self, ctx: StageContext) -> None:
         super().attach(ctx)
-        ctx.close(self.reason("the link is down"))
+        self.close(ctx, "the link is down")
 
 
 def build(fault: ActiveFault, rng: random.Random) -> DownStage:

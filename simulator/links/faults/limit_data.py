@@ -48,7 +48,7 @@ class LimitDataStage(FaultStage):
             self._passed += len(piece)
         if self._passed >= attributes.bytes:
             self._closed = True
-            ctx.close(self.reason(f"{self._passed} bytes passed, the limit"))
+            self.close(ctx, f"{self._passed} bytes passed, the limit")
 
 
 def build(fault: ActiveFault, rng: random.Random) -> LimitDataStage:

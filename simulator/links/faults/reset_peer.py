@@ -43,7 +43,7 @@ class ResetPeerStage(FaultStage):
         self._triggered = True
         attributes: ResetPeerAttributes = self.fault.attributes
         await asyncio.sleep(attributes.timeout / 1000)
-        ctx.close(self.reason(f"reset {attributes.timeout} ms after the first data"), reset=True)
+        self.close(ctx, f"reset {attributes.timeout} ms after the first data", reset=True)
 
 
 def build(fault: ActiveFault, rng: random.Random) -> ResetPeerStage:

@@ -66,7 +66,7 @@ class TimeoutStage(FaultStage):
     def _expire(self) -> None:
         assert self.ctx is not None
         attributes: TimeoutAttributes = self.fault.attributes
-        self.ctx.close(self.reason(f"no data passed for {attributes.timeout} ms"))
+        self.close(self.ctx, f"no data passed for {attributes.timeout} ms")
 
 
 def build(fault: ActiveFault, rng: random.Random) -> TimeoutStage:

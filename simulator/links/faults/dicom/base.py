@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from simulator.links.faults.base import ActiveFault, FaultAttributes, FaultType, register
 from simulator.links.pdu import DimseCommand, PDUType
 from simulator.links.stages import Forward, StageContext
-from simulator.recording.failures import FailureKind
+from simulator.recording.failures import FailureKind, abort_names, rejection_names
 
 if TYPE_CHECKING:
     from simulator.links.faults.dicom.stage import PDUStage
@@ -281,9 +281,19 @@ class Flow:
         )
         kind = _FAILURE_OF_ACTION.get(action)
         if kind is not None:
+            detail: dict[str, Any] = {"fault": fault.name, "fault_type": fault.type_name,
+                                      **attributes}
+            # The PS3.8 fields of what the fault sent, named as for a real peer's.
+            if action == "associate-rejected":
+                detail.update(rejection_names(attributes["result"], attributes["source"],
+                                              attributes.get("reason", 1)))
+            elif action == "a-abort":
+                detail.update(abort_names(attributes.get("source", 2), attributes.get("reason", 0)))
+            if fields.get("length") is not None:
+                detail["length"] = fields["length"]
             self.ctx.note_failure(
                 kind, f"fault {fault.name} ({fault.type_name}) on the link: {action}",
-                fault=fault.name, fault_type=fault.type_name, **attributes,
+                detail=detail,
             )
 
 
