@@ -396,3 +396,24 @@ def test_fc06_move_destination_unknown(tmp_path: Path) -> None:
     responses = events(result, "qr.response", node="viewer", command="C-MOVE-RSP")
     assert responses[0]["status"] == "0xA801"
     assert len(events(result, "qr.sub_association", node="pacs")) == 1
+
+
+def test_fc06_timeout_budget_predicted_before_run(tmp_path: Path) -> None:
+    """The check predicts the C-MOVE's DIMSE timeout from the object size and the link's speed."""
+    from simulator.capability import check_topology
+    from simulator.corpus import Corpus
+
+    corpus = tomosynthesis_corpus(tmp_path / "tomo", [0.3] * 5 + [2.0] * 7)
+    topology = load_topology(ROOT / "topologies" / "field" / "fc06-move-slow-link.yaml")
+    scenario = load_scenario(ROOT / "scenarios" / "field" / "fc06-move-slow-link.yaml", topology)
+
+    result = check_topology(topology, Corpus.load(corpus).instances, scenario)
+
+    [retrieve] = result.retrieves
+    assert retrieve.service == "move"
+    assert retrieve.rate_kb_per_s == 1000
+    assert retrieve.transfer_s is not None and retrieve.dimse_timeout_s == 1
+    assert retrieve.transfer_s > retrieve.dimse_timeout_s
+    assert retrieve.dimse_timeout_predicted
+    assert result.failure_predicted
+    assert any("dimse-timeout is predicted" in note for note in result.notes)

@@ -25,6 +25,7 @@ from simulator.capability.model import (
     Outcome,
     PredictedFailure,
 )
+from simulator.capability.retrieve import predict_retrieves
 from simulator.capability.routes import PlannedRoute, plan_routes
 from simulator.capability.senders import (
     SenderPlan,
@@ -76,6 +77,9 @@ def check_topology(topology: Topology, corpus_instances: Sequence[CorpusInstance
                 alternative = _predict(sender, item, position, proposed, planned, capacity, later)
                 prediction = _merge(prediction, alternative)
             result.predictions.append(_with_integrity(topology, planned, prediction))
+    if scenario is not None and corpus_instances is not None:
+        result.retrieves = predict_retrieves(topology, scenario, corpus_instances)
+        result.notes += [str(r) for r in result.retrieves]
 
     return result
 

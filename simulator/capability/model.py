@@ -248,6 +248,8 @@ class CheckResult:
     mode: str
     predictions: list[InstancePrediction] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    retrieves: list[Any] = field(default_factory=list)
+    """Timeout budgets of the scenario's C-MOVE and C-GET steps (RetrievePrediction)."""
 
     @property
     def cells(self) -> list[Cell]:
@@ -264,7 +266,9 @@ class CheckResult:
 
     @property
     def failure_predicted(self) -> bool:
-        return any(p.outcome == Outcome.FAILED for p in self.predictions)
+        return any(p.outcome == Outcome.FAILED for p in self.predictions) or any(
+            r.dimse_timeout_predicted for r in self.retrieves
+        )
 
     def as_dict(self) -> dict[str, Any]:
         counts = {str(o): sum(1 for p in self.predictions if p.outcome == o) for o in Outcome}
@@ -272,6 +276,7 @@ class CheckResult:
             "site": self.site,
             "mode": self.mode,
             "failure_predicted": self.failure_predicted,
+            "retrieves": [r.as_dict() for r in self.retrieves],
             "counts": {k: v for k, v in counts.items() if v},
             "routes": [route.as_dict() for route in self.routes],
             "cells": [cell.as_dict() for cell in self.cells],
