@@ -49,9 +49,12 @@ class BandwidthStage(FaultStage):
             rate_bytes_per_s = attributes.rate * 1000
             piece = chunk[position : position + max(1, int(rate_bytes_per_s * PIECE_S))]
             position += len(piece)
-            now = time.monotonic()
-            self._free_at_s = max(self._free_at_s, now) + len(piece) / rate_bytes_per_s
-            await asyncio.sleep(self._free_at_s - now)
+            # Schedule from when the chunk was read, not from now: each sleep ends
+            # a little late, and restarting from now would add that lateness to
+            # every piece (about 6 % too slow at 10,000 KB/s). After a stall the
+            # backlog goes out at once, at most the stage queue's bytes.
+            self._free_at_s = max(self._free_at_s, ctx.read_time_s) + len(piece) / rate_bytes_per_s
+            await asyncio.sleep(max(0.0, self._free_at_s - time.monotonic()))
             await forward(piece)
 
 
