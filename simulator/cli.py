@@ -4,6 +4,7 @@ held, 1 when one failed, 2 on invalid input."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +28,7 @@ out = Console(soft_wrap=True)
 EXIT_OK = 0
 EXIT_EXPECTATION_FAILED = 1
 EXIT_INVALID_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _fail_input(exc: Exception) -> typer.Exit:
@@ -53,7 +55,7 @@ def run(
     corpus: Annotated[Path | None, typer.Option(help="Corpus folder; overrides the scenario's.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory to create (default: runs/<scenario>-<time>).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; overrides the scenario's.")] = None,
-    include_phi: Annotated[bool, typer.Option("--include-phi", help="Add patient names, IDs and birth dates to the ledger rows. Without it, no run file has any.")] = False,
+    include_phi: Annotated[bool, typer.Option("--include-phi", help="Add patient names, IDs and birth dates to the ledger rows. Without it, no log, ledger or report has any.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     mqtt: Annotated[str | None, typer.Option(
         "--mqtt", metavar="URL", help="Also publish every event to this MQTT broker, "
@@ -98,6 +100,10 @@ def run(
         result = _run_with_progress(run_rehearsal, topo, scen, options, progress)
     except SimulatorError as exc:
         raise _fail_input(exc) from exc
+    except KeyboardInterrupt:
+        err.print(f"interrupted: {out_dir} has every event recorded so far, and the ledger, "
+                  "summary and report of what finished", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_result(result.summary, result.run_dir)
     raise typer.Exit(EXIT_OK if result.expectations_held else EXIT_EXPECTATION_FAILED)
 
@@ -338,9 +344,17 @@ def watch(
     raise typer.Exit(EXIT_OK if state.expectations_held else EXIT_EXPECTATION_FAILED)
 
 
+def _interrupt_on_sigterm(signum: int, _frame: object) -> None:
+    # timeout(1), CI runners and docker stop send SIGTERM: end the run as
+    # Ctrl-C does, so the ledger, summary and report are still written.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         app()
     except KeyboardInterrupt:
-        err.print("interrupted; the run directory keeps every event recorded so far")
+        err.print("interrupted: the run directory has every event recorded so far, and the "
+                  "ledger, summary and report of what finished")
         sys.exit(130)

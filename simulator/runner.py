@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import dataclasses
 import datetime as dt
 import secrets
 import shutil
@@ -31,6 +32,7 @@ from simulator.corpus import (
     group_instances,
     materialize_repeat,
 )
+from simulator.corpus._rewrite import ensure_file_meta
 from simulator.errors import RunError
 from simulator.links.faults import FaultSpec, LinkFaults
 from simulator.links.firewall import Firewall, FirewallSpec
@@ -175,6 +177,10 @@ class Rehearsal:
             await self._start_site()
             await self._start_toxiproxy_api()
             outcome = await self._drive(on_progress)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            outcome = "interrupted"
+            self.recorder.emit("run.interrupted")
+            raise
         except BaseException as exc:
             outcome = f"error: {type(exc).__name__}"
             self.recorder.emit("run.error", error=str(exc), error_type=type(exc).__name__)
@@ -252,6 +258,8 @@ class Rehearsal:
     # Set-up.
 
     def _prepare_run_dir(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunError(f"--out {self.run_dir} is a file; give the path of a new folder")
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise RunError(
                 f"run directory {self.run_dir} exists and is not empty; "
@@ -291,6 +299,7 @@ class Rehearsal:
                     self.run_dir / "corpus-copies" / f"{name}-{copy_index}",
                 )
                 copies = [c for c in copies if self._first_sighting(c, seen, name)]
+                copies = [self._with_file_meta(c) for c in copies]
                 groups += group_instances(copies, sender.group_by)
             self.groups[name] = groups
             for group in groups:
@@ -299,6 +308,26 @@ class Rehearsal:
             self.recorder.emit("sender.selected", node=sender.modality, sender=name,
                                instances=sum(len(g) for g in groups), associations=len(groups))
         self.progress.total = sum(len(g) for gs in self.groups.values() for g in gs)
+
+    def _with_file_meta(self, instance: CorpusInstance) -> CorpusInstance:
+        """Return the instance, or a copy with File Meta Information when the file has none.
+
+        Files are sent as they are on disk, and sending needs the transfer
+        syntax from the file meta; pydicom's guess from the encoding fills it in.
+        """
+        with instance.path.open("rb") as stream:
+            if stream.read(132)[128:132] == b"DICM":
+                return instance
+        target = self.run_dir / "corpus-copies" / "file-meta" / instance.relpath
+        if not target.exists():
+            dataset = dcmread(instance.path, force=True)
+            ensure_file_meta(dataset, instance.transfer_syntax_uid)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            dataset.save_as(target, enforce_file_format=True)
+            self.recorder.emit("corpus.file_meta_added", file=instance.relpath,
+                               transfer_syntax=instance.transfer_syntax_uid)
+
+        return dataclasses.replace(instance, path=target)
 
     def _first_sighting(self, instance: CorpusInstance, seen: set[str], sender: str) -> bool:
         # Two senders selecting the same file would send one SOP Instance UID twice.
@@ -325,7 +354,7 @@ class Rehearsal:
     async def _start_site(self) -> None:
         nodes = self.topology.nodes
         for name, decl in nodes.items():
-            if isinstance(decl, ExternalNode):
+            if isinstance(decl, ExternalNode) and decl.port is not None:
                 self.site.ports[name] = (decl.host, decl.port)
         # Receivers first, so that links have somewhere to connect.
         for name, decl in nodes.items():
@@ -365,6 +394,7 @@ class Rehearsal:
             )
         for name, decl in routers.items():
             router = Router(decl, self._services(name), destinations[name], self._final_nodes)
+            router.node_by_ae = {n.ae_title: n.name for n in nodes.values()}
             self.site.routers[name] = router
             port = await asyncio.to_thread(router.scp.start, decl.port or 0)
             self.site.ports[name] = (decl.host, port)
@@ -413,7 +443,7 @@ class Rehearsal:
             return [node]
         if depth >= MAX_ROUTER_CHAIN:
             return [node]
-        header = dcmread(path, stop_before_pixels=True)
+        header = dcmread(path, stop_before_pixels=True, force=True)
         sop_class = str(header.get("SOPClassUID", ""))
         decision = route(router.rules(), header, RouteContext(calling_ae, called_ae, sop_class))
         if not decision.destinations:
@@ -445,7 +475,13 @@ class Rehearsal:
                 if self._idle() and not waiting:
                     break
                 if time.monotonic() >= deadline:
-                    self.recorder.emit("run.timeout", timeout_s=self.scenario.timeout_s)
+                    self.recorder.emit(
+                        "run.timeout", timeout_s=self.scenario.timeout_s,
+                        steps_waiting=[{"step": i, "action": s.action,
+                                        "after": s.after.model_dump(exclude_none=True)
+                                        if s.after else None, "at_s": s.at_s}
+                                       for i, s in pending],
+                    )
                     for task in self._sender_tasks:
                         task.cancel()
                     return "timed-out"

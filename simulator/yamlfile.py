@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from simulator.errors import ConfigError
 
@@ -39,6 +39,8 @@ def read_yaml(path: Path) -> Any:
         mark = exc.problem_mark
         line = f"line {mark.line + 1}" if mark is not None else "unknown line"
         raise ConfigError(str(path), [f"{line}: invalid YAML: {_yaml_problem(exc)}"]) from exc
+    except YAMLError as exc:
+        raise ConfigError(str(path), [f"not a YAML text file: {exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8 text ({exc})"]) from exc
 

@@ -64,6 +64,8 @@ class Router:
         self.final_nodes = final_nodes
         self.recorder = services.recorder.bind(node=declaration.name)
         self.active_rule_set = declaration.active_rule_set
+        self.node_by_ae: dict[str, str] = {}
+        """Node names by AE title, so a real SCU's instances name their node as source."""
         self.spool_dir = services.work_dir / "spool"
         self.out_dir = services.work_dir / "outgoing"
         self.scp = StorageSCP(declaration, services, self.spool_dir, on_stored=self._on_received)
@@ -127,7 +129,7 @@ class Router:
         context = RouteContext(received.calling_ae, received.called_ae, received.sop_class_uid)
         decision = route(self.rules(), header, context)
         info = instance_info(self.services, received.sop_instance_uid, received.path,
-                             source=received.calling_ae)
+                             source=self.node_by_ae.get(received.calling_ae, received.calling_ae))
         if not decision.destinations:
             self.recorder.emit("routing.unmatched", sop_instance_uid=received.sop_instance_uid,
                                rule_set=self.active_rule_set, calling_ae=received.calling_ae)
@@ -188,20 +190,41 @@ class Router:
             batch = self._take_batch(name)
             if not batch:
                 return
-            items = {}
-            for job in batch:
-                items[job.received.sop_instance_uid] = self._prepare(job)
-            for job in batch:
-                for final in self._finals(name, job.received):
-                    self.services.ledger.attempt(job.received.sop_instance_uid, final,
-                                                 destination.link)
-            outcomes = self.client.store_batch(destination, list(items.values()))
-            jobs = {j.received.sop_instance_uid: j for j in batch}
-            for outcome in outcomes:
-                self._settle(jobs[outcome.item.sop_instance_uid], outcome, destination)
-            with self._cond:
-                self._in_flight[name] -= len(batch)
-                self._cond.notify_all()
+            try:
+                self._forward_batch(batch, destination)
+            except Exception as exc:  # noqa: BLE001 - a broken batch must not stall the run
+                self._fail_batch(batch, destination, exc)
+            finally:
+                with self._cond:
+                    self._in_flight[name] -= len(batch)
+                    self._cond.notify_all()
+
+    def _forward_batch(self, batch: list[ForwardJob], destination: Destination) -> None:
+        items = {}
+        for job in batch:
+            items[job.received.sop_instance_uid] = self._prepare(job)
+        for job in batch:
+            for final in self._finals(destination.node, job.received):
+                self.services.ledger.attempt(job.received.sop_instance_uid, final,
+                                             destination.link)
+        outcomes = self.client.store_batch(destination, list(items.values()))
+        jobs = {j.received.sop_instance_uid: j for j in batch}
+        for outcome in outcomes:
+            self._settle(jobs[outcome.item.sop_instance_uid], outcome, destination)
+
+    def _fail_batch(self, batch: list[ForwardJob], destination: Destination,
+                    exc: Exception) -> None:
+        """Record every instance of a batch the router could not process, and carry on."""
+        failure = Failure(
+            FailureKind.SIMULATOR_ERROR, destination.link, Side.RUN, True,
+            f"the simulator could not forward: {type(exc).__name__}: {exc}",
+            {"error_type": type(exc).__name__},
+        )
+        self.recorder.emit("forward.error", destination=destination.node,
+                           instances=len(batch), **failure.as_record())
+        for job in batch:
+            for final in self._finals(destination.node, job.received):
+                self.services.ledger.failed(job.received.sop_instance_uid, final, failure)
 
     def _settle(self, job: ForwardJob, outcome: Any, destination: Destination) -> None:
         uid = job.received.sop_instance_uid

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
+from simulator.errors import RunError
 from simulator.nodes.association import AssociationTrace, idle_timer_expired
 from simulator.nodes.runtime import NodeServices, add_scp_contexts, configure_ae
 from simulator.recording.failures import Failure, FailureKind, Side, status_category
@@ -86,10 +87,16 @@ class StorageSCP:
         handlers.append((evt.EVT_C_STORE, self._on_c_store))
         handlers.append((evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS))
         ssl_context = self.services.tls.server_context() if self.declaration.tls else None
-        self._server = ae.start_server(
-            (self.declaration.host, port), block=False, evt_handlers=handlers,
-            ssl_context=ssl_context,
-        )
+        try:
+            self._server = ae.start_server(
+                (self.declaration.host, port), block=False, evt_handlers=handlers,
+                ssl_context=ssl_context,
+            )
+        except OSError as exc:
+            raise RunError(
+                f"node {self.declaration.name} cannot listen on {self.declaration.host}:{port} "
+                f"({exc.strerror or exc}); choose another port in the topology or free this one"
+            ) from exc
         self.port = self._server.server_address[1]
 
         return self.port
@@ -194,7 +201,7 @@ class StorageSCP:
             return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, _offending(
                 f"Unknown Specific Character Set {unknown[0]!r}", [0x00080005])
         missing = [kw for kw in self.required_keywords
-                   if (element := dataset.data_element(kw)) is None or element.is_empty]
+                   if kw not in dataset or dataset[kw].is_empty]
         if missing:
             tags = [t for t in (tag_for_keyword(kw) for kw in missing) if t]
             return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, _offending(

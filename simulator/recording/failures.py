@@ -34,6 +34,7 @@ class FailureKind(StrEnum):
     NO_MATCHING_RULE = "no-matching-rule"
     NEVER_ATTEMPTED = "never-attempted"
     INTEGRITY = "integrity-violation"
+    SIMULATOR_ERROR = "simulator-error"
     SUB_OPERATION_FAILED = "sub-operation-failed"
     MOVE_DESTINATION_UNKNOWN = "move-destination-unknown"
 

@@ -312,7 +312,8 @@ class Expectation(_Strict):
         for key in ("delivered", "not_delivered", "no_failures", "failure"):
             value = getattr(self, key)
             if value is not None:
-                fields = ", ".join(f"{k}={v}" for k, v in value.model_dump(exclude_none=True).items())
+                fields = ", ".join(f"{k}={_label_value(v)}"
+                                   for k, v in value.model_dump(exclude_none=True).items())
                 return f"{key}({fields})"
         return "expectation"
 
@@ -500,3 +501,14 @@ def _check_cutover(
                  f"router {step.router} has no rule set {step.rule_set!r} "
                  f"(it has: {', '.join(sorted(router.rule_sets)) or 'none'})")]
     return []
+
+
+def _label_value(value: Any) -> str:
+    """Show a filter value as a person wrote it: keywords for UIDs, lists without quotes."""
+    if isinstance(value, list | tuple):
+        return "|".join(_label_value(v) for v in value)
+    if isinstance(value, str) and value[:1].isdigit():
+        from simulator.conformance.names import describe_uid
+
+        return describe_uid(value)
+    return str(value)

@@ -34,6 +34,9 @@ from simulator.links.firewall import FirewallSpec
 from simulator.live.settings import DEFAULT_BUFFER_EVENTS, parse_mqtt_url
 from simulator.toxiproxy.settings import parse_toxiproxy_url
 
+MIN_MAX_PDU = 16
+"""A P-DATA-TF needs 6 bytes of PDV header and some data; pynetdicom needs 8 and more."""
+
 DEFAULT_TRANSFER_SYNTAXES = ("ExplicitVRLittleEndian", "ImplicitVRLittleEndian")
 
 
@@ -212,8 +215,20 @@ class NodeBase(_Strict):
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535)
     max_pdu: int = Field(
-        16382, ge=0, description="Maximum PDU length it receives, in bytes; 0 means unlimited."
+        16382, ge=0, le=0xFFFFFFFF,
+        description="Maximum PDU length it receives, in bytes; 0 means unlimited. The "
+        "Maximum Length item is 4 bytes, and a P-DATA-TF needs at least 16 bytes to carry data.",
     )
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _usable_max_pdu(cls, value: int) -> int:
+        if 0 < value < MIN_MAX_PDU:
+            raise ValueError(
+                f"max_pdu {value} is too small to carry any data; use 0 (unlimited) or at "
+                f"least {MIN_MAX_PDU} (real products use 4096 to 131072)"
+            )
+        return value
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_associations: int = Field(10, ge=1)
     accept_calling_ae: tuple[AETitle, ...] | None = Field(
@@ -330,7 +345,10 @@ class ExternalNode(NodeBase):
     """A real system the simulator does not start: an address and what it declares."""
 
     kind: Literal[NodeKind.EXTERNAL]
-    port: int = Field(..., ge=1, le=65535)
+    port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Where it listens; needed when a link leads to it, not for an SCU that only sends.",
+    )
 
 
 Node = Annotated[
@@ -454,7 +472,27 @@ class Topology(_Strict):
         link has validated on its own; the loader turns locations into lines.
         """
         return (self._check_names() + self._check_links() + self._check_ports()
-                + self._check_routes() + self._check_rule_keys())
+                + self._check_routes() + self._check_rule_keys() + self._check_loops())
+
+    def _check_loops(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Reject links from a node to itself and routers that forward in a circle."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for index, link in enumerate(self.links):
+            if link.from_node == link.to_node:
+                problems.append((("links", index, "to"),
+                                 f"link {link.link_name} leads from {link.from_node} to itself"))
+        forwards = {
+            name: {t for _, rule in node.located_rules() for t in rule.forward
+                   if isinstance(self.nodes.get(t), RouterNode)}
+            for name, node in self.nodes.items() if isinstance(node, RouterNode)
+        }
+        for start in forwards:
+            path = _router_cycle(start, forwards)
+            if path is not None and path[0] == min(path[:-1]):
+                problems.append((("nodes", start, "rules"),
+                                 f"routers forward in a circle: {' -> '.join(path)}; an instance "
+                                 "would go round for ever, so break the circle in the rules"))
+        return problems
 
     def _check_names(self) -> list[tuple[tuple[str | int, ...], str]]:
         return [
@@ -484,6 +522,14 @@ class Topology(_Strict):
                     ("links", index, "to"),
                     f"link {link.link_name} leads to modality {link.to_node!r}, which "
                     "accepts no associations in this simulator",
+                ))
+        for index, link in enumerate(self.links):
+            target = self.nodes.get(link.to_node)
+            if isinstance(target, ExternalNode) and target.port is None:
+                problems.append((
+                    ("links", index, "to"),
+                    f"link {link.link_name} leads to external node {link.to_node}, which has no "
+                    "port; give the port it listens on",
                 ))
         return problems
 
@@ -567,3 +613,16 @@ class Topology(_Strict):
 
     def destination_of(self, modality: ModalityNode) -> str:
         return modality.send_to or self.link_targets(modality.name)[0]
+
+
+def _router_cycle(start: str, forwards: dict[str, set[str]]) -> list[str] | None:
+    """Return a circle of router forwards that passes through ``start``, or None."""
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    while stack:
+        node, path = stack.pop()
+        for target in sorted(forwards.get(node, ())):
+            if target == start:
+                return [*path, start]
+            if target not in path:
+                stack.append((target, [*path, target]))
+    return None

@@ -28,6 +28,7 @@ from simulator.links.faults.base import (
     register,
 )
 from simulator.links.stages import Forward, StageContext
+from simulator.recording.failures import FailureKind
 
 
 class TimeoutAttributes(FaultAttributes):
@@ -53,6 +54,12 @@ class TimeoutStage(FaultStage):
             self._timer.cancel()
 
     async def process(self, chunk: bytes, ctx: StageContext, forward: Forward) -> None:
+        # The chunk is dropped: whatever the client sees next is this fault's doing.
+        ctx.note_failure(
+            FailureKind.CONNECTION_BLACKHOLED,
+            self.reason("data stopped on the link, as Toxiproxy's timeout toxic does"),
+            detail={"fault": self.fault.name, "fault_type": self.fault.spec.type},
+        )
         self._arm()
 
     def _arm(self) -> None:
