@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import dataclasses
 import datetime as dt
 import secrets
 import shutil
