@@ -417,3 +417,41 @@ def test_fc06_timeout_budget_predicted_before_run(tmp_path: Path) -> None:
     assert retrieve.dimse_timeout_predicted
     assert result.failure_predicted
     assert any("dimse-timeout is predicted" in note for note in result.notes)
+
+
+def odd_fragment_corpus(root: Path) -> Path:
+    """Write MR_small_jp2klossless with its JPEG 2000 fragment made one byte odd."""
+    dataset = dcmread(bundled_corpus() / "MR" / "MR_small_jp2klossless.dcm")
+    value = dataset.PixelData
+    # Items: an empty Basic Offset Table, then one fragment; give the fragment
+    # an odd length by dropping its last byte and writing the new length.
+    fragment_at = 8
+    length = int.from_bytes(value[fragment_at + 4:fragment_at + 8], "little")
+    body = value[fragment_at + 8:fragment_at + 8 + length - 1]
+    item = b"\xfe\xff\x00\xe0" + (length - 1).to_bytes(4, "little") + body
+    # pydicom pads the odd value with one byte when writing; the item length stays odd.
+    dataset.PixelData = value[:fragment_at] + item
+    target = root / "MR" / "MR_small_jp2klossless.dcm"
+    target.parent.mkdir(parents=True)
+    dataset.save_as(target, enforce_file_format=True)
+    return root
+
+
+def test_fc02_odd_fragment_aborts_data_phase(tmp_path: Path) -> None:
+    """A proposed and accepted JPEG 2000 object with an odd fragment is aborted in the data phase."""
+    corpus = odd_fragment_corpus(tmp_path / "corpus")
+    result = rehearse("fc02-odd-fragment", tmp_path, corpus)
+
+    assert result.expectations_held
+    [finding] = events(result, "dimse.dataset_finding", node="pacs")
+    assert finding["finding"] == "odd-fragment-length"
+    assert finding["length"] % 2 == 1
+    [row] = ledger(result)
+    assert row["state"] == "failed"
+    failure = row["failure"]
+    assert failure["failure_kind"] == "association-aborted"
+    assert failure["detail"]["dataset_finding"]["finding"] == "odd-fragment-length"
+    requests = events(result, "link.pdu", command="C-STORE-RQ")
+    assert requests, "the C-STORE went on the wire: the context was proposed and accepted"
+    aborted = events(result, "association.aborted", node="pacs", initiated_by="local")
+    assert aborted

@@ -15,6 +15,7 @@ from pydicom import dcmread
 from pydicom.charset import python_encoding
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
@@ -154,6 +155,11 @@ class StorageSCP:
         sop_instance_uid = str(request.AffectedSOPInstanceUID)
         temp_path = Path(event.dataset_path)
         size = temp_path.stat().st_size
+        if getattr(self.declaration, "check_encapsulation", False):
+            finding = encapsulation_finding(temp_path)
+            if finding is not None:
+                return self._abort_on_finding(event, trace, str(request.AffectedSOPInstanceUID),
+                                              finding)
         status, detail = self._validate(temp_path)
         fields: dict[str, Any] = {
             "command": "C-STORE-RQ", "sop_class": str(request.AffectedSOPClassUID),
@@ -186,6 +192,21 @@ class StorageSCP:
                    **{k: v for k, v in detail.items() if k != "offending_element_tags"})
 
         return response
+
+    def _abort_on_finding(self, event: Any, trace: AssociationTrace, sop_instance_uid: str,
+                          finding: dict[str, Any]) -> int:
+        """Abort the association on a malformed data set, as a strict decoder does."""
+        trace.emit("dimse.dataset_finding", sop_instance_uid=sop_instance_uid, **finding)
+        failure = Failure(
+            FailureKind.ASSOCIATION_ABORTED, trace.link, Side.REQUESTOR, True,
+            f"{self.declaration.name} aborted during the data phase: {finding['finding']} "
+            f"in the encapsulated pixel data of {sop_instance_uid}",
+            {"dataset_finding": finding, "aborted_by": self.declaration.name},
+        )
+        self.services.registry.note_peer_failure(trace.assoc_id, failure)
+        event.assoc.abort()
+
+        return STATUS_CANNOT_UNDERSTAND
 
     def _validate(self, path: Path) -> tuple[int, dict[str, Any]]:
         """Check what this node's declaration validates, as a validating archive does."""
@@ -233,3 +254,33 @@ _TRACE_EVENTS = [
     (evt.EVT_ABORTED, "_on_aborted"),
     (evt.EVT_RELEASED, "_on_released"),
 ]
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+ITEM_TAG = b"\xfe\xff\x00\xe0"
+
+
+def encapsulation_finding(path: Path) -> dict[str, Any] | None:
+    """Return the first item of encapsulated Pixel Data with an odd length, or None.
+
+    PS3.5 section A.4 requires every item of encapsulated pixel data to have
+    an even length; decoders such as pynetdicom's and pydicom's reject a
+    data set that breaks this.
+    """
+    dataset = dcmread(path, defer_size=1024)
+    raw = dataset._dict.get(BaseTag(0x7FE00010))
+    offset = getattr(raw, "value_tell", None)
+    if offset is None or getattr(raw, "length", None) != UNDEFINED_LENGTH:
+        return None
+    with path.open("rb") as stream:
+        stream.seek(offset)
+        index = 0
+        while True:
+            header = stream.read(8)
+            if len(header) < 8 or header[:4] != ITEM_TAG:
+                return None
+            length = int.from_bytes(header[4:], "little")
+            if length % 2:
+                return {"finding": "odd-fragment-length", "item": index, "length": length}
+            stream.seek(length, 1)
+            index += 1

@@ -333,6 +333,11 @@ class StorageNode(NodeBase):
         description="Keywords that must be present and non-empty; a missing one "
         "gets status 0xA900 (dataset does not match SOP class), as validating archives answer.",
     )
+    check_encapsulation: bool = Field(
+        False,
+        description="Walk the items of encapsulated pixel data as a strict decoder does; an "
+        "item of odd length (PS3.5 A.4 requires even) makes the node abort the association.",
+    )
     character_set_check: Literal["off", "warning", "reject"] = Field(
         "off",
         description="What the node does with a Specific Character Set value that is not a "
