@@ -199,8 +199,8 @@ BAD_TOPOLOGIES = [
     ),
     (
         "external node without a port",
-        MINIMAL.replace("kind: pacs", "kind: external"),
-        6, "nodes.pacs.port", "Field required",
+        MINIMAL.replace("kind: pacs", "kind: external").replace("    port: 11112\n", ""),
+        10, "links[0].to", "leads to external node pacs, which has no port",
     ),
     (
         "unknown required attribute keyword",
@@ -260,7 +260,7 @@ BAD_TOPOLOGIES = [
     ),
     (
         "modality with no outgoing link",
-        MINIMAL.replace("  - {from: ct, to: pacs}\n", "  - {from: pacs, to: pacs}\n"),
+        MINIMAL.replace("links:\n  - {from: ct, to: pacs}\n", ""),
         3, "nodes.ct", "no outgoing link; add a link from ct",
     ),
     (

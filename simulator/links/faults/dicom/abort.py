@@ -140,6 +140,7 @@ class Abort(DicomFault):
     async def _abort(self, start: PDUStart, flow: Flow, attributes: AbortAttributes) -> None:
         close_reason = self.reason(f"{attributes.kind} by the proxy")
         sent: dict[str, bool] = {}
+        flow.note(self, attributes.kind)
         if attributes.kind == "a-abort":
             sent = await abort_both_sides(flow, attributes.source, attributes.reason, close_reason)
         flow.triggered(

@@ -78,6 +78,7 @@ class AssociateReject(DicomFault):
         attributes: AssociateRejectAttributes = self.attributes
         source = attributes.source
         rejection = encode.associate_rj(attributes.result, source, attributes.reason)
+        flow.note(self, "associate-rejected")
         # The rejection goes back to the side that sent the request.
         delivered = await flow.send_reverse(rejection, SEND_TIMEOUT_S)
         flow.triggered(

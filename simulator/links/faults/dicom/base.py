@@ -279,6 +279,17 @@ class Flow:
             attributes=attributes,
             **fields,
         )
+        self.note(fault, action, **fields)
+
+    def note(self, fault: DicomFault, action: str, **fields: Any) -> None:
+        """Note the failure an action causes, before the peers can see it.
+
+        Call it before sending what ends the association: a client that
+        reads an injected A-ABORT classifies at once, and must find the note.
+        Only the first note of a connection counts, so calling it again from
+        :meth:`triggered` changes nothing.
+        """
+        attributes = fault.attributes.model_dump(exclude_none=True)
         kind = _FAILURE_OF_ACTION.get(action)
         if kind is not None:
             detail: dict[str, Any] = {"fault": fault.name, "fault_type": fault.type_name,

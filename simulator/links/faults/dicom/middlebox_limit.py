@@ -69,6 +69,7 @@ class MiddleboxLimit(DicomFault):
         limit = attributes.max_pdu_length
         close_reason = self.reason(f"PDU-length {start.length} is over the limit {limit}")
         sent: dict[str, bool] = {}
+        flow.note(self, attributes.action, length=start.length)
         if attributes.action == "abort":
             sent = await abort_both_sides(flow, 2, 0, close_reason)
         flow.triggered(
