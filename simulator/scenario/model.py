@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -14,13 +13,9 @@ from pydantic import (
     model_validator,
 )
 
-from simulator.conformance.names import (
-    UnknownNameError,
-    describe_uid,
-    resolve_sop_class,
-    resolve_transfer_syntax,
-)
+from simulator.conformance.names import describe_uid
 from simulator.recording.failures import FailureKind
+from simulator.topology.model import SopClassName, TransferSyntaxName
 
 
 class _Strict(BaseModel):
@@ -31,23 +26,8 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-def _resolve_transfer_syntax(value: str) -> str:
-    try:
-        return resolve_transfer_syntax(value)
-    except UnknownNameError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _resolve_sop_class(value: str) -> str:
-    try:
-        return resolve_sop_class(value)
-    except UnknownNameError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-# Validated one by one, so an error names the index of the bad item.
-SopClassName = Annotated[str, AfterValidator(_resolve_sop_class)]
-TransferSyntaxName = Annotated[str, AfterValidator(_resolve_transfer_syntax)]
+# SopClassName and TransferSyntaxName validate list items one by one, so an
+# error names the index of the bad item; they come from the topology model.
 # A single string is shorthand for a list of one.
 _ONE_OR_MORE = str | list[str] | None
 
@@ -508,7 +488,5 @@ def _label_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "|".join(_label_value(v) for v in value)
     if isinstance(value, str) and value[:1].isdigit():
-        from simulator.conformance.names import describe_uid
-
         return describe_uid(value)
     return str(value)
