@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -23,13 +23,11 @@ from pydicom import dcmread
 from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
+from rehearsal_support import Site, prepare, rehearse
 
 from simulator.corpus import bundled_corpus
 from simulator.nodes.association import association_socket, set_tcp_nodelay
 from simulator.routing import write_character_set_term
-from simulator.runner import Rehearsal, RunOptions
-from simulator.scenario import load_scenario
-from simulator.topology import load_topology
 
 WAIT_LIMIT_S = 60.0
 """Guard against a hung run; no test checks how long anything takes."""
@@ -78,52 +76,6 @@ def direct(sender: dict[str, Any], receiver: dict[str, Any], **link: Any) -> dic
 def sending(globs: list[str], corpus: str = "bundled", **fields: Any) -> dict[str, Any]:
     sender = {"modality": "ct", "select": {"glob": globs}, "group_by": "instance", **fields}
     return {"name": "failure-kind", "corpus": corpus, "timeout_s": 120, "senders": [sender]}
-
-
-@dataclass
-class Site:
-    """A run: its events and ledger rows once read, and the rehearsal object itself."""
-
-    rehearsal: Rehearsal
-    run_dir: Path
-    events: list[dict[str, Any]] = field(default_factory=list)
-    ledger: list[dict[str, Any]] = field(default_factory=list)
-
-    def of_kind(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
-        return [e for e in self.events
-                if e["kind"] == kind and all(e.get(k) == v for k, v in fields.items())]
-
-    def rows(self, **fields: Any) -> list[dict[str, Any]]:
-        return [r for r in self.ledger if all(r.get(k) == v for k, v in fields.items())]
-
-    def read(self) -> Site:
-        self.events = _read_jsonl(self.run_dir / "events.jsonl")
-        self.ledger = _read_jsonl(self.run_dir / "ledger.jsonl")
-        return self
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def prepare(folder: Path, topology: dict[str, Any], scenario: dict[str, Any]) -> Site:
-    """Write the inputs as YAML (JSON is valid YAML) and load them into a rehearsal."""
-    folder.mkdir(parents=True, exist_ok=True)
-    topology_path = folder / "topology-input.yaml"
-    scenario_path = folder / "scenario-input.yaml"
-    topology_path.write_text(json.dumps(topology, indent=2), encoding="utf-8")
-    scenario_path.write_text(json.dumps(scenario, indent=2), encoding="utf-8")
-    loaded = load_topology(topology_path)
-    options = RunOptions(topology_path, scenario_path, folder / "run")
-
-    return Site(Rehearsal(loaded, load_scenario(scenario_path, loaded), options), options.out_dir)
-
-
-def rehearse(folder: Path, topology: dict[str, Any], scenario: dict[str, Any]) -> Site:
-    site = prepare(folder, topology, scenario)
-    asyncio.run(site.rehearsal.run())
-
-    return site.read()
 
 
 @dataclass
