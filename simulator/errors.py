@@ -30,7 +30,7 @@ class ConfigError(SimulatorError):
 
 
 class CorpusError(SimulatorError):
-    """The corpus is missing, unreadable or holds no usable instance."""
+    """The corpus is missing, unreadable or contains no usable instance."""
 
 
 class RunError(SimulatorError):

@@ -540,7 +540,9 @@ class Rehearsal:
 
     def _start_retrieve(self, index: int, step: Step, group: asyncio.TaskGroup) -> None:
         """Run a retrieve step in a worker thread; the run waits for it as for a sender."""
-        assert step.viewer is not None and step.from_node is not None and step.service is not None
+        assert step.viewer is not None
+        assert step.from_node is not None
+        assert step.service is not None
         request = RetrieveRequest(
             step=index, source=step.from_node, service=step.service, model=step.model or "study",
             level=step.level or "STUDY", keys=dict(step.keys or {}),

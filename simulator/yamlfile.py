@@ -87,7 +87,12 @@ def line_of(document: Any, location: Location) -> int | None:
 def format_location(location: Location) -> str:
     text = ""
     for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = str(part)
 
     return text or "(top level)"
 

@@ -77,7 +77,7 @@ class NodeServices:
 
 def instance_info(services: NodeServices, sop_instance_uid: str, path: Path,
                   source: str) -> InstanceInfo:
-    """Return what the run knows of an instance, reading the header of one it has not seen."""
+    """Return the run's record of an instance, reading the header of one it has not seen."""
     known = services.instances.get(sop_instance_uid)
     if known is not None:
         return known

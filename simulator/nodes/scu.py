@@ -66,7 +66,7 @@ class StoreOutcome:
 
 @dataclass(frozen=True)
 class Destination:
-    """Where a sender connects: the link proxy's port, and the AE title it calls."""
+    """A sender's target: the link proxy's address, and the AE title the sender calls."""
 
     node: str
     link: str

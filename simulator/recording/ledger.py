@@ -62,7 +62,7 @@ class LedgerRow:
 
 @dataclass(frozen=True)
 class InstanceInfo:
-    """What the ledger keeps of a source instance (UIDs only: never patient data)."""
+    """The ledger's record of a source instance: UIDs only, never patient data."""
 
     sop_instance_uid: str
     sop_class_uid: str

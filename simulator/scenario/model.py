@@ -33,7 +33,7 @@ _ONE_OR_MORE = str | list[str] | None
 
 
 class Selection(_Strict):
-    """Which corpus files a sender takes; every filter given must match."""
+    """The corpus files a sender takes: every filter that is set must match."""
 
     glob: tuple[str, ...] | None = Field(
         None, description="Shell-style patterns on the path relative to the corpus root."

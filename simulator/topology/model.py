@@ -152,7 +152,7 @@ SopClassEntry = Annotated[
 
 
 class RetryPolicy(_Strict):
-    """How a router retries a transient failure; a permanent one is never retried."""
+    """A router's retry policy for transient failures; a permanent one is never retried."""
 
     max_attempts: int = Field(3, ge=1, description="Attempts in all, the first one included.")
     initial_backoff_s: float = Field(0.5, ge=0)
